@@ -1,0 +1,255 @@
+"""Per-model micro-batching with a bounded queue.
+
+A request first *reserves* a slot (``max_queue`` slots; none left -> ``QueueFullError`` at once,
+so overload is shed before any work is done), is pre-processed, then waits in the queue. One
+dispatcher task forms batches: it waits for an idle model instance, takes up to ``max_batch``
+queued items (waiting at most ``max_delay`` for company), drops the ones whose deadline has
+passed, and runs the batch on that instance's own thread. The slot is freed when the item leaves
+the queue, so queue depth = reserved slots = work admitted but not yet running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from agent.errors import (
+    DeadlineExceededError,
+    DrainingError,
+    InferenceFailedError,
+    QueueFullError,
+)
+
+log = logging.getLogger(__name__)
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+@dataclass(frozen=True)
+class RunTiming:
+    queue_s: float  # enqueue -> its batch started
+    inference_s: float  # the batch's run
+    batch_size: int
+
+
+class Slot:
+    """A reserved place in the queue; released exactly once."""
+
+    __slots__ = ("_batcher", "_held")
+
+    def __init__(self, batcher: Batcher[Any, Any]) -> None:
+        self._batcher = batcher
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._batcher._reserved -= 1
+
+
+@dataclass
+class _Item(Generic[In, Out]):
+    payload: In
+    future: asyncio.Future[tuple[Out, RunTiming]]
+    enqueued_at: float
+    deadline: float | None
+    slot: Slot
+
+
+@dataclass
+class Instance(Generic[In, Out]):
+    """One model session and the single thread that runs it."""
+
+    run: Callable[[list[In]], Sequence[Out]]
+    executor: ThreadPoolExecutor
+    running_since: float | None = field(default=None)
+
+
+class Batcher(Generic[In, Out]):
+    def __init__(
+        self,
+        name: str,
+        instances: list[Instance[In, Out]],
+        *,
+        max_batch: int,
+        max_delay_s: float,
+        max_queue: int,
+    ) -> None:
+        if not instances:
+            raise ValueError("a batcher needs at least one instance")
+        self.name = name
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self.max_queue = max_queue
+        self._instances = instances
+        self._items: deque[_Item[In, Out]] = deque()
+        self._nonempty = asyncio.Event()
+        self._idle: asyncio.Queue[Instance[In, Out]] = asyncio.Queue()
+        for inst in instances:
+            self._idle.put_nowait(inst)
+        self._reserved = 0
+        self._closing = False
+        self._runs: set[asyncio.Task[None]] = set()
+        self._dispatcher = asyncio.create_task(self._dispatch(), name=f"batcher-{name}")
+        self.failed_batches = 0
+        self.expired = 0
+
+    # -- admission -------------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        """Requests admitted and not yet running (pre-processing or queued)."""
+        return self._reserved
+
+    def reserve(self) -> Slot:
+        self.check_room()
+        self._reserved += 1
+        return Slot(self)
+
+    def check_room(self) -> None:
+        """Raise the error :meth:`reserve` would raise now, without reserving."""
+        if self._closing:
+            raise DrainingError(f"model {self.name!r} is shutting down")
+        if self._reserved >= self.max_queue:
+            raise QueueFullError(
+                f"model {self.name!r} queue is full", {"max_queue": self.max_queue}
+            )
+
+    async def submit(
+        self, slot: Slot, payload: In, deadline: float | None = None
+    ) -> tuple[Out, RunTiming]:
+        """Queue ``payload`` under its reserved ``slot`` and wait for its result."""
+        if deadline is not None and time.monotonic() >= deadline:
+            slot.release()
+            self.expired += 1
+            raise DeadlineExceededError("deadline passed before inference started")
+        future: asyncio.Future[tuple[Out, RunTiming]] = asyncio.get_running_loop().create_future()
+        self._items.append(_Item(payload, future, time.monotonic(), deadline, slot))
+        self._nonempty.set()
+        return await future
+
+    # -- health ----------------------------------------------------------------------------
+    def longest_run_s(self, now: float | None = None) -> float:
+        """How long the oldest batch still running has been running (0 when idle)."""
+        now = time.monotonic() if now is None else now
+        started = [i.running_since for i in self._instances if i.running_since is not None]
+        return now - min(started) if started else 0.0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._items) or any(i.running_since is not None for i in self._instances)
+
+    # -- dispatch --------------------------------------------------------------------------
+    async def _dispatch(self) -> None:
+        while True:
+            instance = await self._idle.get()
+            batch = await self._collect()
+            if not batch:
+                self._idle.put_nowait(instance)
+                continue
+            task = asyncio.create_task(self._run(instance, batch))
+            self._runs.add(task)
+            task.add_done_callback(self._runs.discard)
+
+    async def _take(self, timeout: float | None) -> _Item[In, Out] | None:
+        while not self._items:
+            self._nonempty.clear()
+            try:
+                await asyncio.wait_for(self._nonempty.wait(), timeout)
+            except asyncio.TimeoutError:
+                return None
+        return self._items.popleft()
+
+    async def _collect(self) -> list[_Item[In, Out]]:
+        first = await self._take(None)
+        assert first is not None
+        batch = [first]
+        close_at = time.monotonic() + self.max_delay_s
+        while len(batch) < self.max_batch:
+            if self._items:
+                batch.append(self._items.popleft())
+                continue
+            remaining = close_at - time.monotonic()
+            if remaining <= 0:
+                break
+            item = await self._take(remaining)
+            if item is None:
+                break
+            batch.append(item)
+        now = time.monotonic()
+        live = []
+        for item in batch:
+            item.slot.release()
+            if item.future.done():  # the client went away
+                continue
+            if item.deadline is not None and now >= item.deadline:
+                self.expired += 1
+                item.future.set_exception(
+                    DeadlineExceededError("deadline passed while queued; inference not run")
+                )
+                continue
+            live.append(item)
+        return live
+
+    async def _run(self, instance: Instance[In, Out], batch: list[_Item[In, Out]]) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        instance.running_since = started
+        try:
+            outputs = await loop.run_in_executor(
+                instance.executor, instance.run, [item.payload for item in batch]
+            )
+            if len(outputs) != len(batch):
+                raise RuntimeError(f"model returned {len(outputs)} results for {len(batch)}")
+        except Exception as exc:
+            self.failed_batches += 1
+            log.error(
+                "batch failed", extra={"model": self.name, "batch": len(batch), "error": repr(exc)}
+            )
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(
+                        InferenceFailedError(
+                            f"model {self.name!r} failed on this batch",
+                            {"error": type(exc).__name__},
+                        )
+                    )
+        else:
+            ran = time.monotonic() - started
+            for item, out in zip(batch, outputs, strict=True):
+                if not item.future.done():
+                    item.future.set_result(
+                        (out, RunTiming(started - item.enqueued_at, ran, len(batch)))
+                    )
+        finally:
+            instance.running_since = None
+            self._idle.put_nowait(instance)
+
+    # -- shutdown --------------------------------------------------------------------------
+    async def close(self, timeout: float) -> None:
+        """Refuse new work, let queued and running batches finish (up to ``timeout``), stop."""
+        self._closing = True
+        end = time.monotonic() + timeout
+        while (self._items or self._runs) and (remaining := end - time.monotonic()) > 0:
+            if self._runs:
+                await asyncio.wait(set(self._runs), timeout=remaining)
+            else:  # queued items: the dispatcher is about to start them
+                await asyncio.sleep(0.005)
+        self._dispatcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._dispatcher
+        for item in self._items:
+            if not item.future.done():
+                item.future.set_exception(DrainingError("shut down before inference ran"))
+        self._items.clear()
+        stuck = bool(self._runs)
+        for inst in self._instances:
+            # A stuck run cannot be interrupted: do not wait for its thread, or exit would hang.
+            inst.executor.shutdown(wait=not stuck, cancel_futures=True)

@@ -1,0 +1,119 @@
+"""``edge-agent``: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.settings import Settings, SettingsError, load_settings, parse_model_spec
+
+log = logging.getLogger("agent")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-agent", description="On-device inference agent for edge AI fleets."
+    )
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser(
+        "serve",
+        help="run the daemon",
+        description="Serve the configured models on HTTP. Settings: defaults < --config YAML "
+        "(or EDGE_AGENT_CONFIG) < EDGE_AGENT_* environment < these flags.",
+    )
+    serve.add_argument("--config", type=Path, help="YAML settings file")
+    serve.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="serve the ONNX model at PATH as NAME (repeatable; replaces the "
+        "models of the config file and environment)",
+    )
+    serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    serve.add_argument("--state-dir", type=Path, help="model cache and TensorRT engines")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", choices=["auto", "json", "text"])
+    serve.add_argument("--providers", help="execution providers in order, e.g. cuda,cpu")
+    serve.add_argument("--max-batch", type=int, help="images per inference run")
+    serve.add_argument("--max-queue", type=int, help="queued requests per model before 503")
+    serve.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads per session")
+    return parser
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    flags = {
+        "host": args.host,
+        "port": args.port,
+        "state_dir": args.state_dir,
+        "log_level": args.log_level,
+        "log_format": args.log_format,
+        "runtime.providers": args.providers.split(",") if args.providers else None,
+        "runtime.intra_op_threads": args.intra_op_threads,
+        "batching.max_batch": args.max_batch,
+        "batching.max_queue": args.max_queue,
+    }
+    out = {k: v for k, v in flags.items() if v is not None}
+    if args.model:
+        out["models"] = [parse_model_spec(m, "--model") for m in args.model]
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        try:
+            settings = load_settings(args.config, overrides=overrides_from_args(args))
+        except SettingsError as exc:
+            print(f"edge-agent: configuration error: {exc.message}", file=sys.stderr)
+            return 2
+        return serve(settings)
+    return 2
+
+
+def serve(settings: Settings) -> int:
+    from aiohttp import web
+
+    from agent.http.app import create_app
+    from agent.logs import setup_logging
+
+    setup_logging(settings.log_level, settings.log_format)
+    if not settings.models:
+        log.warning("no models configured: pass --model NAME=PATH.onnx or a config file")
+    for model in settings.models:
+        if not model.path.is_file():
+            log.error("model file not found", extra={"model": model.name, "path": str(model.path)})
+    log.info(
+        "starting",
+        extra={
+            "version": __version__,
+            "host": settings.host,
+            "port": settings.port,
+            "models": [m.name for m in settings.models],
+        },
+    )
+    app = create_app(settings, handle_signals=True)
+    try:
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            shutdown_timeout=settings.drain_timeout_s,
+            handle_signals=False,
+            print=None,
+            access_log=logging.getLogger("aiohttp.access") if settings.log_requests else None,
+        )
+    except OSError as exc:
+        log.error(
+            "cannot listen", extra={"host": settings.host, "port": settings.port, "error": str(exc)}
+        )
+        return 1
+    log.info("stopped")
+    return 0

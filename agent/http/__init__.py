@@ -1,0 +1,1 @@
+"""The HTTP face of the daemon: parse, validate, call the service, serialise."""

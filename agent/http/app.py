@@ -1,0 +1,68 @@
+"""The application factory: routes, middleware, and one ``cleanup_ctx`` entry per resource."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from agent.health import LoopMonitor
+from agent.http import handlers, keys
+from agent.http.errors import error_middleware
+from agent.lifecycle import Lifecycle, signal_ctx
+from agent.service import ModelService
+from agent.settings import Settings
+from inference.cpu import usable_cores
+
+
+def create_app(settings: Settings, *, handle_signals: bool = False) -> web.Application:
+    """Build the daemon's app. ``handle_signals``: install the graceful SIGTERM/SIGINT drain
+    (pass ``handle_signals=False`` to ``web.run_app`` then)."""
+    app = web.Application(middlewares=[error_middleware])
+    app[keys.SETTINGS] = settings
+    app[keys.LIFECYCLE] = Lifecycle()
+    app.cleanup_ctx.append(_pre_pool_ctx)
+    app.cleanup_ctx.append(_loop_monitor_ctx)
+    app.cleanup_ctx.append(_service_ctx)
+    if handle_signals:
+        app.cleanup_ctx.append(signal_ctx(app[keys.LIFECYCLE], settings.drain_grace_s))
+    app.router.add_post("/v1/models/{name}/detect", handlers.detect)
+    app.router.add_get("/v1/models", handlers.list_models)
+    app.router.add_get("/health", handlers.health)
+    app.router.add_get("/livez", handlers.livez)
+    app.router.add_get("/v2/health/live", handlers.v2_live)
+    app.router.add_get("/v2/health/ready", handlers.v2_ready)
+    return app
+
+
+async def _pre_pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    threads = app[keys.SETTINGS].runtime.preprocess_threads or usable_cores()
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="prepost")
+    app[keys.PRE_POOL] = pool
+    yield
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+async def _loop_monitor_ctx(app: web.Application) -> AsyncIterator[None]:
+    monitor = LoopMonitor(app[keys.SETTINGS].health.loop_probe_interval_s)
+    app[keys.LOOP_MONITOR] = monitor
+    monitor.start()
+    yield
+    await monitor.stop()
+
+
+async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    service = ModelService(settings, app[keys.PRE_POOL])
+    app[keys.SERVICE] = service
+    # Load in the background: the port answers at once and /health says what it waits for.
+    loading = asyncio.create_task(service.load_all(), name="load-models")
+    yield
+    app[keys.LIFECYCLE].begin_drain("shutdown")
+    loading.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await loading
+    await service.close(settings.drain_timeout_s)

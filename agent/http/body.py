@@ -1,0 +1,86 @@
+"""Reading a frame out of a request: raw body or one multipart file part, within limits."""
+
+from __future__ import annotations
+
+from aiohttp import BodyPartReader, StreamReader, web
+
+from agent.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+
+IMAGE_TYPES = frozenset(
+    {"image/jpeg", "image/jpg", "image/pjpeg", "image/png", "application/octet-stream"}
+)
+_CHUNK = 64 * 1024
+
+
+def check_content_type(request: web.Request) -> None:
+    ctype = request.content_type
+    if ctype not in IMAGE_TYPES and ctype != "multipart/form-data":
+        raise UnsupportedMediaTypeError(
+            f"unsupported Content-Type {ctype!r}",
+            {"accepted": sorted(IMAGE_TYPES | {"multipart/form-data"})},
+        )
+
+
+def check_declared_length(request: web.Request, max_bytes: int) -> None:
+    length = request.content_length
+    if length is not None and length > max_bytes:
+        raise PayloadTooLargeError(
+            f"body of {length} bytes is larger than the limit of {max_bytes}",
+            {"max_bytes": max_bytes},
+        )
+
+
+async def read_image(request: web.Request, max_bytes: int) -> bytes:
+    """The image bytes of a detect request; stops reading as soon as the limit is passed."""
+    check_content_type(request)
+    check_declared_length(request, max_bytes)
+    if request.content_type == "multipart/form-data":
+        data = await _read_multipart(request, max_bytes)
+    else:
+        data = await _read_stream(request.content, max_bytes)
+    if not data:
+        raise BadRequestError("empty body: send the image bytes")
+    return data
+
+
+async def _read_stream(stream: StreamReader, max_bytes: int) -> bytes:
+    buf = bytearray()
+    while True:
+        chunk = await stream.read(_CHUNK)
+        if not chunk:
+            return bytes(buf)
+        buf += chunk
+        if len(buf) > max_bytes:
+            raise PayloadTooLargeError(
+                f"body is larger than the limit of {max_bytes} bytes", {"max_bytes": max_bytes}
+            )
+
+
+async def _read_multipart(request: web.Request, max_bytes: int) -> bytes:
+    try:
+        reader = await request.multipart()
+        while True:
+            part = await reader.next()
+            if part is None:
+                raise BadRequestError("multipart body has no file part")
+            if not isinstance(part, BodyPartReader):
+                continue  # a nested multipart: not a file
+            if part.filename is None and not part.headers.get("Content-Type", "").startswith(
+                "image/"
+            ):
+                await part.release()  # a plain form field
+                continue
+            ptype = part.headers.get("Content-Type", "application/octet-stream").split(";")[0]
+            if ptype.strip().lower() not in IMAGE_TYPES:
+                raise UnsupportedMediaTypeError(f"unsupported file part type {ptype!r}")
+            buf = bytearray()
+            while chunk := await part.read_chunk(_CHUNK):
+                buf += chunk
+                if len(buf) > max_bytes:
+                    raise PayloadTooLargeError(
+                        f"file part is larger than the limit of {max_bytes} bytes",
+                        {"max_bytes": max_bytes},
+                    )
+            return bytes(buf)
+    except (ValueError, AssertionError, KeyError) as exc:  # aiohttp's malformed-multipart errors
+        raise BadRequestError(f"malformed multipart body: {exc}") from exc

@@ -1,0 +1,96 @@
+"""Every error -> HTTP status, in one place, as JSON ``{"error": ..., "detail": ...}``."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from agent.errors import (
+    BadRequestError,
+    DeadlineExceededError,
+    DrainingError,
+    InferenceFailedError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    PayloadTooLargeError,
+    QueueFullError,
+    UnsupportedMediaTypeError,
+)
+from inference.errors import (
+    EdgeError,
+    ImageTooLargeError,
+    InvalidImageError,
+    UnsupportedImageFormatError,
+)
+from inference.yolo import InvalidThresholdError
+
+log = logging.getLogger(__name__)
+
+# Checked in order: the first matching class decides the status.
+STATUS: tuple[tuple[type[EdgeError], int], ...] = (
+    (BadRequestError, 400),
+    (InvalidThresholdError, 400),
+    (InvalidImageError, 400),
+    (ModelNotFoundError, 404),
+    (PayloadTooLargeError, 413),
+    (ImageTooLargeError, 413),
+    (UnsupportedMediaTypeError, 415),
+    (UnsupportedImageFormatError, 415),
+    (ModelNotReadyError, 503),
+    (QueueFullError, 503),
+    (DrainingError, 503),
+    (DeadlineExceededError, 504),
+    (InferenceFailedError, 500),
+)
+
+
+def status_for(exc: EdgeError) -> int:
+    for cls, status in STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def error_response(
+    status: int, message: str, detail: object = None, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response({"error": message, "detail": detail}, status=status, headers=headers)
+
+
+def _retry_after(exc: EdgeError) -> dict[str, str]:
+    seconds = getattr(exc, "retry_after_s", 1.0)
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except EdgeError as exc:
+        status = status_for(exc)
+        headers = _retry_after(exc) if status == 503 else None
+        if status >= 500:
+            log.warning(
+                "request failed",
+                extra={"path": request.path, "status": status, "error": exc.message},
+            )
+        return error_response(status, exc.message, exc.detail, headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        # aiohttp's own refusals (404 route, 405 method, 413 client_max_size) as JSON too.
+        return error_response(
+            exc.status,
+            exc.reason,
+            None,
+            {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")},
+        )
+    except Exception:
+        log.exception("unhandled error", extra={"path": request.path})
+        return error_response(500, "internal error")

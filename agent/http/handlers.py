@@ -1,0 +1,141 @@
+"""Route handlers: parse and validate the request, call the service, serialise the answer."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiohttp import web
+
+from agent.errors import BadRequestError, DrainingError
+from agent.health import check_liveness
+from agent.http import keys
+from agent.http.body import check_content_type, check_declared_length, read_image
+from agent.service import DetectResult
+
+log = logging.getLogger(__name__)
+
+MAX_CAMERA_ID = 128
+
+
+async def detect(request: web.Request) -> web.Response:
+    received_at = time.monotonic()
+    app = request.app
+    settings, service = app[keys.SETTINGS], app[keys.SERVICE]
+    name = request.match_info["name"]
+    conf = _query_number(request, "conf", float)
+    iou = _query_number(request, "iou", float)
+    max_det = _query_number(request, "max_det", int)
+    deadline_s = _deadline(request)
+    camera = request.headers.get("X-Camera-Id", "")[:MAX_CAMERA_ID]
+    # Everything that can refuse the request is checked before its body is read: an overloaded
+    # node sheds a 300 KB frame without receiving it.
+    if app[keys.LIFECYCLE].stopped:
+        raise DrainingError("shutting down")
+    check_content_type(request)
+    check_declared_length(request, settings.limits.max_body_bytes)
+    service.check_admission(name)
+    image = await read_image(request, settings.limits.max_body_bytes)
+    result = await service.detect(
+        name,
+        image,
+        conf=conf,
+        iou=iou,
+        max_det=max_det,
+        deadline_s=deadline_s,
+        received_at=received_at,
+    )
+    if settings.log_requests:
+        log.info(
+            "detect",
+            extra={
+                "model": name,
+                "camera": camera,
+                "detections": len(result.detections),
+                "total_ms": round(result.timing_s["total"] * 1000, 2),
+            },
+        )
+    return web.json_response(_detect_body(result))
+
+
+def _detect_body(result: DetectResult) -> dict[str, object]:
+    return {
+        "model": result.model.settings.name,
+        "version": result.model.version,
+        "image": {"width": result.width, "height": result.height},
+        "detections": [d.as_dict() for d in result.detections],
+        "timing_ms": {k: round(v * 1000, 3) for k, v in result.timing_s.items()},
+    }
+
+
+async def health(request: web.Request) -> web.Response:
+    """Readiness: 200 only when every model is loaded and warmed up and we are not draining."""
+    service, lifecycle = request.app[keys.SERVICE], request.app[keys.LIFECYCLE]
+    if lifecycle.draining:
+        return web.json_response({"status": "draining"}, status=503)
+    if not service.ready():
+        return web.json_response(
+            {
+                "status": "loading",
+                "waiting_for": service.not_ready(),
+                "errors": {n: m.error for n, m in service.models.items() if m.error},
+            },
+            status=503,
+        )
+    return web.json_response({"status": "ready", "models": sorted(service.models)})
+
+
+async def livez(request: web.Request) -> web.Response:
+    app = request.app
+    state = check_liveness(
+        app[keys.SETTINGS].health, app[keys.LOOP_MONITOR], app[keys.SERVICE].longest_run_s
+    )
+    return web.json_response(state.as_dict(), status=200 if state.live else 503)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    service = request.app[keys.SERVICE]
+    return web.json_response({"models": [m.describe() for m in service.models.values()]})
+
+
+async def v2_live(request: web.Request) -> web.Response:
+    state = check_liveness(
+        request.app[keys.SETTINGS].health,
+        request.app[keys.LOOP_MONITOR],
+        request.app[keys.SERVICE].longest_run_s,
+    )
+    return web.json_response({"live": state.live}, status=200 if state.live else 503)
+
+
+async def v2_ready(request: web.Request) -> web.Response:
+    ready = request.app[keys.SERVICE].ready() and not request.app[keys.LIFECYCLE].draining
+    return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+
+def _query_number(
+    request: web.Request, key: str, kind: type[float] | type[int]
+) -> float | int | None:
+    raw = request.query.get(key)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise BadRequestError(f"query parameter {key} must be {what}", {key: raw}) from None
+    if isinstance(value, float) and value != value:  # NaN
+        raise BadRequestError(f"query parameter {key} must be a number", {key: raw})
+    return value
+
+
+def _deadline(request: web.Request) -> float | None:
+    raw = request.headers.get("X-Deadline-Ms")
+    if raw is None:
+        return None
+    try:
+        ms = float(raw)
+    except ValueError:
+        raise BadRequestError("X-Deadline-Ms must be a number of milliseconds", raw) from None
+    if not 0 < ms < 3_600_000:
+        raise BadRequestError("X-Deadline-Ms must be in (0, 3600000)", raw)
+    return ms / 1000

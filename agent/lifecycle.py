@@ -1,0 +1,53 @@
+"""Graceful shutdown: on SIGTERM/SIGINT readiness turns 503 at once, the daemon keeps serving
+for ``drain_grace_s`` (so K3s and load balancers stop routing to it), then stops listening and
+lets in-flight and queued requests finish (``web.run_app``'s shutdown timeout). A second signal
+skips the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from aiohttp.web_runner import GracefulExit
+
+log = logging.getLogger(__name__)
+
+
+class Lifecycle:
+    def __init__(self) -> None:
+        self.draining = False  # readiness is 503
+        self.stopped = False  # no new work is taken
+
+    def begin_drain(self, reason: str) -> None:
+        if not self.draining:
+            log.info("draining", extra={"reason": reason})
+        self.draining = True
+
+
+def signal_ctx(lifecycle: Lifecycle, grace_s: float):  # noqa: ANN201 (aiohttp cleanup_ctx)
+    """A ``cleanup_ctx`` entry that installs the SIGTERM/SIGINT handlers for ``web.run_app``."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            lifecycle.stopped = True
+            raise GracefulExit  # SystemExit: propagates out of the loop into web.run_app
+
+        def on_signal(signame: str) -> None:
+            if lifecycle.draining:
+                stop()
+            lifecycle.begin_drain(signame)
+            loop.call_later(grace_s, stop)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig.name)
+        yield
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+    return ctx

@@ -1,0 +1,263 @@
+"""The core service (like MLServer's DataPlane): holds the models, answers detect requests.
+
+HTTP handlers only parse and serialise; everything about models — loading, warm-up, readiness,
+queues, the stages of a request — happens here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.batcher import Batcher, Instance
+from agent.errors import ModelNotFoundError, ModelNotReadyError
+from agent.settings import ModelSettings, Settings
+from inference import (
+    Detection,
+    PreparedImage,
+    SessionConfig,
+    Thresholds,
+    YoloV8Detector,
+    file_digest,
+)
+from inference.errors import EdgeError
+
+log = logging.getLogger(__name__)
+
+
+class ModelState(str, enum.Enum):
+    PENDING = "pending"
+    LOADING = "loading"
+    WARMING = "warming"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass
+class ServedModel:
+    settings: ModelSettings
+    state: ModelState = ModelState.PENDING
+    source: str = "file"
+    version: str = ""
+    digest: str = ""
+    provider: str = ""
+    error: str | None = None
+    detector: YoloV8Detector | None = None  # instance 0: the model's metadata
+    batcher: Batcher[Any, Any] | None = None
+    defaults: Thresholds = field(default_factory=Thresholds)
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.settings.name,
+            "kind": self.settings.kind,
+            "version": self.version,
+            "digest": f"sha256:{self.digest}" if self.digest else "",
+            "state": self.state.value,
+            "provider": self.provider,
+            "source": self.source,
+        }
+        if self.detector is not None:
+            spec = self.detector.spec
+            out["input"] = {
+                "height": spec.input_h,
+                "width": spec.input_w,
+                "batch": spec.fixed_batch or "dynamic",
+            }
+            out["classes"] = [spec.names[i] for i in range(spec.num_classes)]
+        if self.batcher is not None:
+            out["queue_depth"] = self.batcher.depth
+            out["max_batch"] = self.batcher.max_batch
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+@dataclass(frozen=True)
+class DetectResult:
+    model: ServedModel
+    width: int
+    height: int
+    detections: list[Detection]
+    timing_s: dict[str, float]
+
+
+class ModelService:
+    def __init__(self, settings: Settings, pre_pool: ThreadPoolExecutor) -> None:
+        self.settings = settings
+        self._pre_pool = pre_pool
+        self.models: dict[str, ServedModel] = {
+            m.name: ServedModel(m, defaults=Thresholds(m.conf, m.iou, m.max_det))
+            for m in settings.models
+        }
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def load_all(self) -> None:
+        """Load, warm up and start batching every model, one after another."""
+        for served in self.models.values():
+            await self._load(served)
+
+    async def _load(self, served: ServedModel) -> None:
+        cfg = served.settings
+        batching = self.settings.batching_for(cfg)
+        runtime = self.settings.runtime
+        session_cfg = SessionConfig(
+            providers=tuple(runtime.providers),
+            intra_op_threads=runtime.intra_op_threads,
+            allow_spinning=runtime.allow_spinning,
+            cache_dir=self.settings.state_dir,
+            device_id=runtime.device_id,
+            trt_fp16=runtime.trt_fp16,
+            trt_int8=runtime.trt_int8,
+        )
+        names = dict(enumerate(cfg.names)) or None
+        served.state = ModelState.LOADING
+        started = time.monotonic()
+        log.info("loading model", extra={"model": cfg.name, "path": str(cfg.path)})
+        try:
+            digest = await asyncio.to_thread(file_digest, cfg.path)
+            detectors = []
+            for _ in range(batching.instances):
+                detectors.append(
+                    await asyncio.to_thread(
+                        YoloV8Detector.load, cfg.path, session_cfg, names, digest
+                    )
+                )
+            fixed = detectors[0].max_batch
+            max_batch = min(batching.max_batch, fixed) if fixed else batching.max_batch
+            served.state = ModelState.WARMING
+            for det in detectors:
+                await asyncio.to_thread(det.warmup, 1)
+                if max_batch > 1:
+                    await asyncio.to_thread(det.warmup, max_batch)
+        except (EdgeError, OSError) as exc:
+            served.state = ModelState.FAILED
+            served.error = getattr(exc, "message", None) or str(exc)
+            log.error("model failed to load", extra={"model": cfg.name, "error": served.error})
+            return
+        served.digest = digest
+        served.version = cfg.version or digest[:12]
+        served.detector = detectors[0]
+        served.provider = detectors[0].provider
+        served.batcher = Batcher(
+            cfg.name,
+            [
+                Instance(
+                    run=det.infer,
+                    executor=ThreadPoolExecutor(1, thread_name_prefix=f"infer-{cfg.name}-{i}"),
+                )
+                for i, det in enumerate(detectors)
+            ],
+            max_batch=max_batch,
+            max_delay_s=batching.max_delay_ms / 1000,
+            max_queue=batching.max_queue,
+        )
+        served.state = ModelState.READY
+        log.info(
+            "model ready",
+            extra={
+                "model": cfg.name,
+                "version": served.version,
+                "provider": served.provider,
+                "instances": len(detectors),
+                "max_batch": max_batch,
+                "load_s": round(time.monotonic() - started, 3),
+            },
+        )
+
+    async def close(self, timeout: float) -> None:
+        await asyncio.gather(
+            *(m.batcher.close(timeout) for m in self.models.values() if m.batcher is not None)
+        )
+
+    # -- readiness -------------------------------------------------------------------------
+    def ready(self) -> bool:
+        return all(m.state is ModelState.READY for m in self.models.values())
+
+    def not_ready(self) -> dict[str, str]:
+        return {n: m.state.value for n, m in self.models.items() if m.state is not ModelState.READY}
+
+    def longest_run_s(self) -> float:
+        now = time.monotonic()
+        return max(
+            (m.batcher.longest_run_s(now) for m in self.models.values() if m.batcher is not None),
+            default=0.0,
+        )
+
+    # -- requests --------------------------------------------------------------------------
+    def get(self, name: str) -> ServedModel:
+        served = self.models.get(name)
+        if served is None:
+            raise ModelNotFoundError(f"no model named {name!r}", {"models": sorted(self.models)})
+        return served
+
+    def check_admission(self, name: str) -> ServedModel:
+        """Fail fast — before the body is read — when the request cannot be served."""
+        served = self.get(name)
+        if served.batcher is None:
+            raise ModelNotReadyError(
+                f"model {name!r} is {served.state.value}",
+                {"state": served.state.value, "error": served.error},
+            )
+        served.batcher.check_room()
+        return served
+
+    async def detect(
+        self,
+        name: str,
+        image: bytes,
+        *,
+        conf: float | None = None,
+        iou: float | None = None,
+        max_det: int | None = None,
+        deadline_s: float | None = None,
+        received_at: float | None = None,
+    ) -> DetectResult:
+        received_at = time.monotonic() if received_at is None else received_at
+        served = self.check_admission(name)
+        assert served.batcher is not None
+        assert served.detector is not None
+        d = served.defaults
+        thresholds = Thresholds(
+            d.conf if conf is None else conf,
+            d.iou if iou is None else iou,
+            d.max_det if max_det is None else max_det,
+        )
+        batching = self.settings.batching_for(served.settings)
+        if deadline_s is None and batching.deadline_ms > 0:
+            deadline_s = batching.deadline_ms / 1000
+        deadline = received_at + deadline_s if deadline_s else None
+        detector, batcher = served.detector, served.batcher
+        loop = asyncio.get_running_loop()
+        slot = batcher.reserve()
+        try:
+            t0 = time.monotonic()
+            prepared: PreparedImage = await loop.run_in_executor(
+                self._pre_pool, detector.preprocess, image, self.settings.limits.max_image_pixels
+            )
+            t1 = time.monotonic()
+            raw, run = await batcher.submit(slot, prepared.blob, deadline)
+            t2 = time.monotonic()
+            detections = await loop.run_in_executor(
+                self._pre_pool, detector.postprocess, raw, prepared, thresholds
+            )
+            t3 = time.monotonic()
+        finally:
+            slot.release()
+        return DetectResult(
+            served,
+            prepared.width,
+            prepared.height,
+            detections,
+            {
+                "queue": run.queue_s,
+                "preprocess": t1 - t0,
+                "inference": run.inference_s,
+                "postprocess": t3 - t2,
+                "total": t3 - received_at,
+            },
+        )

@@ -1,0 +1,335 @@
+"""One typed settings object: defaults < YAML file < ``EDGE_AGENT_*`` environment < CLI flags.
+
+Loaded once at start-up and passed down. An unknown key or a bad value stops start-up with a
+message naming the key (``SettingsError``), never a traceback from deep inside the daemon.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from inference.errors import EdgeError
+
+ENV_PREFIX = "EDGE_AGENT_"
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class SettingsError(EdgeError):
+    """A setting is unknown or has a bad value; the message names it."""
+
+
+@dataclass
+class BatchingSettings:
+    max_batch: int = 4  # images per session.run; clamped to a static batch axis
+    max_delay_ms: float = 2.0  # how long the first queued image waits for company
+    max_queue: int = 32  # admitted, not yet running; beyond: 503 at once
+    deadline_ms: float = 0.0  # default per-request deadline; 0 = none (X-Deadline-Ms overrides)
+    instances: int = 1  # sessions per model, each with its own inference thread
+
+    def validate(self, where: str) -> None:
+        _check(self.max_batch >= 1, f"{where}.max_batch", "must be >= 1")
+        _check(self.max_delay_ms >= 0, f"{where}.max_delay_ms", "must be >= 0")
+        _check(self.max_queue >= 1, f"{where}.max_queue", "must be >= 1")
+        _check(self.deadline_ms >= 0, f"{where}.deadline_ms", "must be >= 0")
+        _check(1 <= self.instances <= 64, f"{where}.instances", "must be in 1..64")
+
+
+@dataclass
+class ModelSettings:
+    name: str = ""
+    path: Path = Path()
+    kind: str = "yolov8"
+    version: str = ""  # empty: the first 12 hex digits of the file's sha256
+    conf: float = 0.25
+    iou: float = 0.7
+    max_det: int = 300
+    names: list[str] = field(default_factory=list)  # overrides the ONNX metadata's names
+    batching: BatchingSettings | None = None  # None: the top-level batching settings
+
+    def validate(self, where: str) -> None:
+        _check(
+            bool(MODEL_NAME_RE.match(self.name)),
+            f"{where}.name",
+            "must be 1-64 letters, digits, '_', '.', '-' starting with a letter or digit",
+        )
+        _check(str(self.path) not in ("", "."), f"{where}.path", "is required")
+        _check(self.kind == "yolov8", f"{where}.kind", "must be 'yolov8'")
+        _check(0 <= self.conf <= 1, f"{where}.conf", "must be in [0, 1]")
+        _check(0 <= self.iou <= 1, f"{where}.iou", "must be in [0, 1]")
+        _check(1 <= self.max_det <= 10000, f"{where}.max_det", "must be in 1..10000")
+        if self.batching is not None:
+            self.batching.validate(f"{where}.batching")
+
+
+@dataclass
+class RuntimeSettings:
+    providers: list[str] = field(default_factory=lambda: ["tensorrt", "cuda", "cpu"])
+    intra_op_threads: int = 0  # 0: the cores this process may use
+    preprocess_threads: int = 0  # 0: the cores this process may use
+    allow_spinning: bool = False
+    device_id: int = 0
+    trt_fp16: bool = True
+    trt_int8: str = "auto"
+
+    def validate(self, where: str) -> None:
+        known = {"tensorrt", "cuda", "cpu"}
+        bad = [p for p in self.providers if p not in known]
+        _check(
+            not bad and bool(self.providers),
+            f"{where}.providers",
+            f"must be a non-empty list of {sorted(known)}, got {self.providers}",
+        )
+        _check(self.intra_op_threads >= 0, f"{where}.intra_op_threads", "must be >= 0")
+        _check(self.preprocess_threads >= 0, f"{where}.preprocess_threads", "must be >= 0")
+        _check(
+            self.trt_int8 in ("auto", "on", "off"), f"{where}.trt_int8", "must be auto, on or off"
+        )
+
+
+@dataclass
+class LimitSettings:
+    max_body_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+
+    def validate(self, where: str) -> None:
+        _check(self.max_body_bytes >= 1024, f"{where}.max_body_bytes", "must be >= 1024")
+        _check(self.max_image_pixels >= 1, f"{where}.max_image_pixels", "must be >= 1")
+
+
+@dataclass
+class HealthSettings:
+    max_loop_lag_s: float = 2.0  # event loop blocked longer: not live
+    max_inference_s: float = 30.0  # one session.run longer: stuck, not live
+    loop_probe_interval_s: float = 0.5
+
+    def validate(self, where: str) -> None:
+        _check(self.max_loop_lag_s > 0, f"{where}.max_loop_lag_s", "must be > 0")
+        _check(self.max_inference_s > 0, f"{where}.max_inference_s", "must be > 0")
+        _check(self.loop_probe_interval_s > 0, f"{where}.loop_probe_interval_s", "must be > 0")
+
+
+@dataclass
+class Settings:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    state_dir: Path = field(default_factory=lambda: default_state_dir())
+    log_level: str = "info"
+    log_format: str = "auto"  # auto: JSON when stderr is not a terminal
+    log_requests: bool = False  # ten cameras at 30 fps are 300 lines a second
+    drain_grace_s: float = 0.0  # after SIGTERM: keep serving with /health 503 this long
+    drain_timeout_s: float = 30.0  # then wait this long for in-flight requests
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    batching: BatchingSettings = field(default_factory=BatchingSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
+    models: list[ModelSettings] = field(default_factory=list)
+
+    def validate(self) -> Settings:
+        _check(0 <= self.port <= 65535, "port", "must be in 0..65535")
+        _check(
+            self.log_level.lower() in ("debug", "info", "warning", "error"),
+            "log_level",
+            "must be debug, info, warning or error",
+        )
+        _check(
+            self.log_format in ("auto", "json", "text"), "log_format", "must be auto, json or text"
+        )
+        _check(self.drain_grace_s >= 0, "drain_grace_s", "must be >= 0")
+        _check(self.drain_timeout_s >= 0, "drain_timeout_s", "must be >= 0")
+        self.runtime.validate("runtime")
+        self.batching.validate("batching")
+        self.limits.validate("limits")
+        self.health.validate("health")
+        seen: set[str] = set()
+        for i, model in enumerate(self.models):
+            model.validate(f"models[{i}]")
+            _check(model.name not in seen, f"models[{i}].name", f"duplicate name {model.name!r}")
+            seen.add(model.name)
+        return self
+
+    def batching_for(self, model: ModelSettings) -> BatchingSettings:
+        return model.batching or self.batching
+
+
+def default_state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/edge-agent")
+    xdg = os.environ.get("XDG_STATE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "edge-agent"
+
+
+def load_settings(
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge the layers and build a validated :class:`Settings`.
+
+    ``overrides`` are CLI flags as dotted keys (``{"port": 9000, "batching.max_batch": 1}``);
+    ``models`` may also be given as ``NAME=PATH`` strings in the environment and on the CLI.
+    """
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    config_file = config_file or _path_or_none(environ.get(ENV_PREFIX + "CONFIG"))
+    if config_file is not None:
+        data = _read_yaml(config_file)
+    for key, value in _env_layer(environ).items():
+        _set_dotted(data, key, value)
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    return _build(Settings, data, "").validate()
+
+
+def parse_model_spec(spec: str, where: str = "models") -> dict[str, Any]:
+    """``NAME=PATH`` -> ``{"name": NAME, "path": PATH}``."""
+    name, sep, path = spec.partition("=")
+    if not sep or not name or not path:
+        raise SettingsError(f"{where}: expected NAME=PATH.onnx, got {spec!r}")
+    return {"name": name.strip(), "path": path.strip()}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"config file {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``EDGE_AGENT_BATCHING__MAX_BATCH=2`` -> ``{"batching.max_batch": "2"}``."""
+    out: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        key = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+        if key == "models":
+            out[key] = [parse_model_spec(s, name) for s in value.split(",") if s.strip()]
+        else:
+            out[key] = _EnvValue(value, name)
+    return out
+
+
+@dataclass(frozen=True)
+class _EnvValue:
+    """A string from the environment: converted to the field's type, errors name the variable."""
+
+    text: str
+    origin: str
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SettingsError(f"{key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise SettingsError(f"{where or 'settings'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        origin = data[unknown[0]]
+        via = f" (from {origin.origin})" if isinstance(origin, _EnvValue) else ""
+        raise SettingsError(f"unknown setting {key!r}{via}; known: {sorted(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{where}.{name}" if where else name
+        kwargs[name] = _convert(hints[name], value, key)
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(args[0], value, key)
+    env = value if isinstance(value, _EnvValue) else None
+    raw = env.text if env else value
+    via = f" (from {env.origin})" if env else ""
+    try:
+        if dataclasses.is_dataclass(tp):
+            if env:
+                raise SettingsError(f"{key}{via}: a section cannot be set from one variable")
+            return _build(tp, raw, key)
+        if origin is list:
+            (item,) = typing.get_args(tp)
+            if env:
+                raw = [s.strip() for s in raw.split(",") if s.strip()]
+            if not isinstance(raw, list):
+                raise SettingsError(f"{key}: expected a list, got {type(raw).__name__}")
+            if key == "models":
+                raw = [parse_model_spec(r, key) if isinstance(r, str) else r for r in raw]
+            return [_convert(item, v, f"{key}[{i}]") for i, v in enumerate(raw)]
+        if tp is bool:
+            return _to_bool(raw)
+        if tp is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError(raw)
+            return int(raw)
+        if tp is float:
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return float(raw)
+        if tp is Path:
+            if not isinstance(raw, (str, Path)):
+                raise ValueError(raw)
+            return Path(raw).expanduser()
+        if tp is str:
+            if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+                raise ValueError(raw)
+            return str(raw)
+    except SettingsError:
+        raise
+    except (TypeError, ValueError) as exc:
+        name = getattr(tp, "__name__", str(tp))
+        raise SettingsError(f"{key}{via}: expected {name}, got {raw!r}") from exc
+    raise SettingsError(f"{key}: unsupported setting type {tp}")
+
+
+def _to_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise SettingsError(f"{key}: {message}")
+
+
+def _path_or_none(value: str | None) -> Path | None:
+    return Path(value) if value else None

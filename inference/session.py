@@ -1,0 +1,138 @@
+"""ONNX Runtime session factory: provider chain, CPU thread policy, and what really loaded."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnxruntime as ort
+
+from inference.cpu import usable_cores
+from inference.errors import ModelLoadError, ProviderUnavailableError
+from inference.providers import ProviderContext, default_providers, resolve_chain
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROVIDERS = ("tensorrt", "cuda", "cpu")
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How to build a session. ``intra_op_threads=0`` means the cores this process may use."""
+
+    providers: tuple[str, ...] = DEFAULT_PROVIDERS
+    intra_op_threads: int = 0
+    inter_op_threads: int = 1
+    # Spinning threads burn a core for tens of ms after every run: an edge node runs other work.
+    allow_spinning: bool = False
+    cache_dir: Path | None = None
+    device_id: int = 0
+    trt_fp16: bool = True
+    trt_int8: str = "auto"  # auto: on for QDQ-quantised models
+
+    def threads(self) -> int:
+        return self.intra_op_threads if self.intra_op_threads > 0 else usable_cores()
+
+
+@dataclass
+class LoadedSession:
+    session: ort.InferenceSession
+    provider: str  # short name of the provider that really runs the model, e.g. "cpu"
+    requested: list[str]
+    digest: str
+    intra_op_threads: int
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def create_session(model: Path, config: SessionConfig, digest: str | None = None) -> LoadedSession:
+    """Load ``model`` with the first available providers of ``config.providers``.
+
+    onnxruntime-gpu silently falls back to CPU when CUDA or TensorRT cannot initialise, so the
+    provider in use is read back from the session rather than assumed.
+    """
+    try:
+        data = model.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read model {model}: {exc.strerror}", str(model)) from exc
+    digest = digest or hashlib.sha256(data).hexdigest()
+    known = default_providers()
+    chain = resolve_chain(config.providers, ort.get_available_providers(), known)
+    if not chain:
+        raise ProviderUnavailableError(
+            f"none of the execution providers {list(config.providers)} is available",
+            {"available": ort.get_available_providers()},
+        )
+    ctx = ProviderContext(
+        model_digest=digest,
+        cache_dir=config.cache_dir,
+        device_id=config.device_id,
+        fp16=config.trt_fp16,
+        int8=_want_int8(config.trt_int8, data),
+        gpu_name=_gpu_name(config.device_id) if chain[0].name != "cpu" else "",
+    )
+    threads = config.threads()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = max(1, config.inter_op_threads)
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    spin = "1" if config.allow_spinning else "0"
+    opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    opts.log_severity_level = 3  # errors only: ORT warnings are noisy and not actionable
+    providers = [(p.ort_name, p.options(ctx)) for p in chain]
+    try:
+        session = ort.InferenceSession(str(model), sess_options=opts, providers=providers)
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+        raise ModelLoadError(f"onnxruntime cannot load {model.name}: {exc}", str(model)) from exc
+    in_use = session.get_providers()[0]
+    short = next((p.name for p in chain if p.ort_name == in_use), in_use)
+    if short != chain[0].name:
+        log.warning(
+            "execution provider fallback",
+            extra={"model": str(model), "wanted": chain[0].name, "using": short},
+        )
+    return LoadedSession(
+        session=session,
+        provider=short,
+        requested=[p.name for p in chain],
+        digest=digest,
+        intra_op_threads=threads,
+        metadata=dict(session.get_modelmeta().custom_metadata_map),
+    )
+
+
+def _want_int8(mode: str, data: bytes) -> bool:
+    if mode == "on":
+        return True
+    if mode == "off":
+        return False
+    # A QDQ model carries QuantizeLinear nodes; their op_type is stored as plain bytes in the
+    # protobuf, so a byte search finds them without importing the onnx package.
+    return b"QuantizeLinear" in data
+
+
+def _gpu_name(device_id: int) -> str:
+    try:
+        import pynvml  # nvidia-ml-py, installed with the gpu extra
+    except ImportError:
+        return ""
+    try:
+        pynvml.nvmlInit()
+        try:
+            name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(device_id))
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no driver, no device: the engine dir key just omits the GPU
+        return ""
+    return name.decode() if isinstance(name, bytes) else str(name)

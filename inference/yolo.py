@@ -1,0 +1,166 @@
+"""The YOLOv8 detector: bytes in, boxes in original-image pixels out.
+
+The stages are separate methods so a server can run them on different threads and batch the
+middle one: :meth:`YoloV8Detector.preprocess` (decode, letterbox, blob), :meth:`infer` (one
+``session.run`` for a batch), :meth:`postprocess` (NMS, scale back). :meth:`detect` chains them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from inference.errors import EdgeError
+from inference.image import DEFAULT_MAX_PIXELS, decode_image
+from inference.letterbox import Letterbox, letterbox, scale_boxes, to_blob
+from inference.model_info import DetectorSpec, detector_spec
+from inference.nms import decode_predictions
+from inference.session import LoadedSession, SessionConfig, create_session
+
+
+class InvalidThresholdError(EdgeError):
+    """conf/iou/max_det outside their valid range."""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    conf: float = 0.25
+    iou: float = 0.7
+    max_det: int = 300
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.conf <= 1.0:
+            raise InvalidThresholdError(f"conf must be in [0, 1], got {self.conf}")
+        if not 0.0 <= self.iou <= 1.0:
+            raise InvalidThresholdError(f"iou must be in [0, 1], got {self.iou}")
+        if not 1 <= self.max_det <= 10000:
+            raise InvalidThresholdError(f"max_det must be in [1, 10000], got {self.max_det}")
+
+
+@dataclass(frozen=True)
+class Detection:
+    class_id: int
+    label: str
+    score: float
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in original-image pixels
+
+    def as_dict(self) -> dict:
+        return {
+            "class_id": self.class_id,
+            "label": self.label,
+            "score": self.score,
+            "box": list(self.box),
+        }
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    blob: np.ndarray  # [1, 3, H, W] float32
+    geometry: Letterbox
+
+    @property
+    def width(self) -> int:
+        return self.geometry.orig_w
+
+    @property
+    def height(self) -> int:
+        return self.geometry.orig_h
+
+
+class YoloV8Detector:
+    """A loaded YOLOv8 ONNX model. Thread-safe: ORT sessions allow concurrent ``run`` calls."""
+
+    def __init__(self, loaded: LoadedSession, names: dict[int, str] | None = None) -> None:
+        self.loaded = loaded
+        session = loaded.session
+        self.spec: DetectorSpec = detector_spec(
+            session.get_inputs(), session.get_outputs(), loaded.metadata, names
+        )
+        self._output_name = session.get_outputs()[0].name
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        config: SessionConfig | None = None,
+        names: dict[int, str] | None = None,
+        digest: str | None = None,
+    ) -> YoloV8Detector:
+        return cls(create_session(Path(path), config or SessionConfig(), digest), names)
+
+    @property
+    def names(self) -> dict[int, str]:
+        return self.spec.names
+
+    @property
+    def provider(self) -> str:
+        return self.loaded.provider
+
+    @property
+    def max_batch(self) -> int | None:
+        """The largest batch one run takes: the fixed batch size, or None when dynamic."""
+        return self.spec.fixed_batch
+
+    def preprocess(
+        self, image: bytes | np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> PreparedImage:
+        """Decode (bytes) or take a BGR array, letterbox, and make the model's input blob."""
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            image = decode_image(bytes(image), max_pixels)
+        elif image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=2)
+        boxed, geometry = letterbox(image, self.spec.input_h, self.spec.input_w)
+        return PreparedImage(to_blob([boxed]), geometry)
+
+    def infer(self, blobs: list[np.ndarray]) -> list[np.ndarray]:
+        """Run the model on a batch of ``[1, 3, H, W]`` blobs; one ``[4+nc, anchors]`` each."""
+        fixed = self.spec.fixed_batch
+        if fixed is None:
+            return list(self._run(np.concatenate(blobs) if len(blobs) > 1 else blobs[0]))
+        outputs: list[np.ndarray] = []
+        for start in range(0, len(blobs), fixed):
+            chunk = blobs[start : start + fixed]
+            batch = np.concatenate(chunk) if len(chunk) > 1 else chunk[0]
+            if len(chunk) < fixed:  # a static batch > 1 must be filled
+                pad = np.zeros((fixed - len(chunk), *batch.shape[1:]), batch.dtype)
+                batch = np.concatenate([batch, pad])
+            outputs.extend(self._run(batch)[: len(chunk)])
+        return outputs
+
+    def postprocess(
+        self, raw: np.ndarray, image: PreparedImage, thresholds: Thresholds = Thresholds()
+    ) -> list[Detection]:
+        boxes, scores, class_ids = decode_predictions(
+            raw, thresholds.conf, thresholds.iou, thresholds.max_det, self.spec.num_classes
+        )
+        boxes = scale_boxes(boxes, image.geometry)
+        names = self.spec.names
+        return [
+            Detection(
+                int(c),
+                names[int(c)],
+                float(s),
+                (float(b[0]), float(b[1]), float(b[2]), float(b[3])),
+            )
+            for b, s, c in zip(boxes, scores, class_ids, strict=True)
+        ]
+
+    def detect(
+        self,
+        image: bytes | np.ndarray,
+        thresholds: Thresholds = Thresholds(),
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> list[Detection]:
+        prepared = self.preprocess(image, max_pixels)
+        return self.postprocess(self.infer([prepared.blob])[0], prepared, thresholds)
+
+    def warmup(self, batch: int = 1) -> None:
+        """Run once on a grey frame so the first request does not pay for lazy initialisation."""
+        h, w = self.spec.input_h, self.spec.input_w
+        blob = np.full((1, 3, h, w), 114 / 255, np.float32)
+        self.infer([blob] * batch)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self.loaded.session.run([self._output_name], {self.spec.input_name: batch})[0]
