@@ -1,0 +1,111 @@
+"""Test helpers shared by unit and integration tests (importable: conftest puts tests/ on the path)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiohttp
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    if list(a) == list(b):
+        return 1.0  # also for zero-area boxes, which a random-weight model can produce
+    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
+    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def assert_parity(reference: list[dict], got: list[dict], context: str) -> None:
+    """Every reference box matched (same class, IoU >= 0.95, score within 0.02), one to one,
+    and no unmatched box of ours above 0.3."""
+    unused = list(range(len(got)))
+    for ref in sorted(reference, key=lambda d: -d["score"]):
+        best, best_iou = None, 0.0
+        for j in unused:
+            cand = got[j]
+            if cand["class_id"] != ref["class_id"] or abs(cand["score"] - ref["score"]) > 0.02:
+                continue
+            iou = box_iou(ref["box"], cand["box"])
+            if iou > best_iou:
+                best, best_iou = j, iou
+        assert best is not None and best_iou >= 0.95, (
+            f"{context}: reference box {ref} has no match (best IoU {best_iou:.3f})"
+        )
+        unused.remove(best)
+    extra = [got[j] for j in unused if got[j]["score"] > 0.3]
+    assert not extra, f"{context}: boxes Ultralytics does not give: {extra[:3]}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    """``python -m agent serve`` as a real process on a real port."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+        full_env.update(env or {})
+        full_env.setdefault("EDGE_AGENT_LOG_FORMAT", "json")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "serve", "--host", "127.0.0.1",
+             "--port", str(self.port), *args],
+            env=full_env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.output = ""
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 60) -> int:
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+            self.output += out or ""
+            raise
+        self.output += out or ""
+        return self.proc.returncode
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.wait()
+
+    async def wait_ready(self, timeout: float = 60) -> list[int]:
+        """Poll /health until 200; returns every status seen on the way."""
+        seen: list[int] = []
+        end = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < end:
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"daemon exited: {self.wait()}\n{self.output}")
+                try:
+                    async with http.get(self.url + "/health") as resp:
+                        seen.append(resp.status)
+                        if resp.status == 200:
+                            return seen
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.01)
+        raise AssertionError(f"not ready after {timeout}s; statuses {seen[-5:]}")

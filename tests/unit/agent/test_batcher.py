@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from agent.batcher import Batcher, Instance
+from agent.errors import DeadlineExceededError, DrainingError, InferenceFailedError, QueueFullError
+
+
+class Model:
+    """A stand-in model run: records each batch, optionally blocks until released."""
+
+    def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
+        self.batches: list[list[int]] = []
+        self.delay = delay
+        self.fail = fail
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def run(self, items: list[int]) -> list[int]:
+        self.gate.wait(10)
+        time.sleep(self.delay)
+        self.batches.append(list(items))
+        if self.fail:
+            raise RuntimeError("CUDA error: an illegal memory access")
+        return [i * 10 for i in items]
+
+
+def make(model: Model, instances: int = 1, **kw) -> Batcher[int, int]:
+    opts = {"max_batch": 4, "max_delay_s": 0.0, "max_queue": 16} | kw
+    return Batcher("m", [Instance(model.run, ThreadPoolExecutor(1)) for _ in range(instances)],
+                   **opts)
+
+
+async def submit(b: Batcher[int, int], value: int, deadline: float | None = None):
+    slot = b.reserve()
+    try:
+        return await b.submit(slot, value, deadline)
+    finally:
+        slot.release()
+
+
+async def test_results_go_back_to_their_requests():
+    b = make(Model())
+    results = await asyncio.gather(*(submit(b, i) for i in range(10)))
+    assert [r[0] for r in results] == [i * 10 for i in range(10)]
+    await b.close(1)
+
+
+async def test_queued_items_are_batched_up_to_max_batch():
+    model = Model()
+    model.gate.clear()  # hold the first batch so the others queue behind it
+    b = make(model, max_batch=3)
+    tasks = [asyncio.create_task(submit(b, i)) for i in range(7)]
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    await asyncio.gather(*tasks)
+    assert [len(x) for x in model.batches] == [3, 3, 1]
+    assert sorted(sum(model.batches, [])) == list(range(7))
+    await b.close(1)
+
+
+async def test_max_delay_waits_for_company():
+    model = Model()
+    b = make(model, max_batch=4, max_delay_s=0.2)
+    first = asyncio.create_task(submit(b, 1))
+    await asyncio.sleep(0.02)
+    second = asyncio.create_task(submit(b, 2))
+    await asyncio.gather(first, second)
+    assert model.batches == [[1, 2]]
+    await b.close(1)
+
+
+async def test_full_queue_refuses_at_once_and_depth_is_bounded():
+    model = Model()
+    model.gate.clear()
+    b = make(model, max_batch=1, max_queue=2)
+    running = asyncio.create_task(submit(b, 0))
+    await asyncio.sleep(0.02)  # item 0 is running: it no longer holds a slot
+    queued = [asyncio.create_task(submit(b, i)) for i in (1, 2)]
+    await asyncio.sleep(0.01)
+    assert b.depth == 2
+    with pytest.raises(QueueFullError):
+        b.reserve()
+    model.gate.set()
+    await asyncio.gather(running, *queued)
+    assert b.depth == 0
+    await b.close(1)
+
+
+async def test_expired_deadline_is_refused_without_running():
+    model = Model()
+    model.gate.clear()
+    b = make(model, max_batch=1)
+    blocker = asyncio.create_task(submit(b, 0))
+    await asyncio.sleep(0.02)
+    late = asyncio.create_task(submit(b, 1, deadline=time.monotonic() + 0.05))
+    await asyncio.sleep(0.1)  # its deadline passes while it waits in the queue
+    model.gate.set()
+    with pytest.raises(DeadlineExceededError):
+        await late
+    await blocker
+    assert model.batches == [[0]]  # 1 never ran
+    with pytest.raises(DeadlineExceededError):
+        await submit(b, 2, deadline=time.monotonic() - 1)
+    assert model.batches == [[0]]
+    assert b.expired == 2
+    await b.close(1)
+
+
+async def test_a_failing_batch_fails_only_its_requests():
+    model = Model(fail=True)
+    b = make(model)
+    with pytest.raises(InferenceFailedError):
+        await submit(b, 1)
+    model.fail = False
+    assert (await submit(b, 2))[0] == 20
+    assert b.failed_batches == 1
+    await b.close(1)
+
+
+async def test_instances_run_in_parallel():
+    model = Model(delay=0.2)
+    b = make(model, instances=2, max_batch=1)
+    start = time.monotonic()
+    await asyncio.gather(submit(b, 1), submit(b, 2))
+    assert time.monotonic() - start < 0.35  # two 0.2 s runs side by side, not 0.4 s
+    await b.close(1)
+
+
+async def test_longest_run_reports_a_stuck_inference():
+    model = Model()
+    model.gate.clear()
+    b = make(model)
+    task = asyncio.create_task(submit(b, 1))
+    await asyncio.sleep(0.15)
+    assert b.longest_run_s() >= 0.1
+    model.gate.set()
+    await task
+    assert b.longest_run_s() == 0.0
+    await b.close(1)
+
+
+async def test_close_finishes_queued_work_then_refuses():
+    model = Model(delay=0.05)
+    b = make(model, max_batch=1)
+    tasks = [asyncio.create_task(submit(b, i)) for i in range(4)]
+    await asyncio.sleep(0.01)
+    await b.close(5)
+    assert [(await t)[0] for t in tasks] == [0, 10, 20, 30]
+    with pytest.raises(DrainingError):
+        b.reserve()

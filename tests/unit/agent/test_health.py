@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import asyncio
+import time
+
+from agent.health import LoopMonitor, check_liveness
+from agent.settings import HealthSettings
+
+
+async def test_a_blocked_loop_is_not_live():
+    monitor = LoopMonitor(0.02)
+    monitor.start()
+    await asyncio.sleep(0.1)
+    settings = HealthSettings(max_loop_lag_s=0.2, max_inference_s=5)
+    assert check_liveness(settings, monitor, lambda: 0.0).live
+    time.sleep(0.4)  # block the event loop
+    state = check_liveness(settings, monitor, lambda: 0.0)
+    assert not state.live
+    assert "event loop lag" in state.reasons[0]
+    await asyncio.sleep(0.1)  # the loop turns again
+    assert check_liveness(settings, monitor, lambda: 0.0).live
+    await monitor.stop()
+
+
+async def test_a_stuck_inference_is_not_live():
+    monitor = LoopMonitor(0.02)
+    monitor.start()
+    settings = HealthSettings(max_loop_lag_s=1, max_inference_s=5)
+    state = check_liveness(settings, monitor, lambda: 6.0)
+    assert not state.live
+    assert "inference running" in state.reasons[0]
+    await monitor.stop()

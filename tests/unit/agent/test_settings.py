@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.settings import SettingsError, default_state_dir, load_settings
+
+
+def test_defaults_work_with_nothing():
+    s = load_settings(environ={})
+    assert (s.host, s.port) == ("0.0.0.0", 8080)
+    assert s.models == []
+    assert s.runtime.providers == ["tensorrt", "cuda", "cpu"]
+    assert s.runtime.allow_spinning is False
+    assert s.state_dir == default_state_dir()
+
+
+def test_layers_file_then_env_then_flags(tmp_path):
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(
+        "port: 9000\nlog_level: debug\nbatching: {max_batch: 8, max_queue: 5}\n"
+        "models:\n  - {name: defects, path: /m/d.onnx, conf: 0.4}\n"
+    )
+    env = {"EDGE_AGENT_PORT": "9100", "EDGE_AGENT_BATCHING__MAX_BATCH": "2"}
+    s = load_settings(cfg, environ=env, overrides={"batching.max_queue": 7})
+    assert s.port == 9100  # env over file
+    assert s.log_level == "debug"  # file over default
+    assert s.batching.max_batch == 2  # env over file
+    assert s.batching.max_queue == 7  # flag over file
+    assert s.models[0].name == "defects"
+    assert s.models[0].conf == 0.4
+    assert s.models[0].path == Path("/m/d.onnx")
+
+
+def test_config_file_from_env_and_models_as_name_equals_path(tmp_path):
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text("port: 8181\n")
+    s = load_settings(environ={"EDGE_AGENT_CONFIG": str(cfg),
+                               "EDGE_AGENT_MODELS": "a=/x/a.onnx, b=/x/b.onnx"})
+    assert s.port == 8181
+    assert [(m.name, str(m.path)) for m in s.models] == [("a", "/x/a.onnx"), ("b", "/x/b.onnx")]
+    s = load_settings(environ={}, overrides={"models": [{"name": "c", "path": "/c.onnx"}]})
+    assert s.models[0].name == "c"
+
+
+def test_per_model_batching_overrides_the_default():
+    s = load_settings(environ={}, overrides={"models": [
+        {"name": "a", "path": "/a.onnx", "batching": {"max_batch": 1}},
+        {"name": "b", "path": "/b.onnx"}]})
+    assert s.batching_for(s.models[0]).max_batch == 1
+    assert s.batching_for(s.models[1]).max_batch == s.batching.max_batch
+
+
+def test_lists_from_the_environment():
+    s = load_settings(environ={"EDGE_AGENT_RUNTIME__PROVIDERS": "cuda,cpu"})
+    assert s.runtime.providers == ["cuda", "cpu"]
+
+
+@pytest.mark.parametrize(
+    ("env", "overrides", "names"),
+    [
+        ({"EDGE_AGENT_PORTT": "1"}, {}, ["portt", "EDGE_AGENT_PORTT"]),
+        ({"EDGE_AGENT_BATCHING__MAX_BACH": "1"}, {}, ["batching.max_bach"]),
+        ({"EDGE_AGENT_PORT": "eighty"}, {}, ["port", "EDGE_AGENT_PORT"]),
+        ({"EDGE_AGENT_PORT": "70000"}, {}, ["port"]),
+        ({"EDGE_AGENT_RUNTIME__ALLOW_SPINNING": "maybe"}, {}, ["runtime.allow_spinning"]),
+        ({"EDGE_AGENT_RUNTIME__PROVIDERS": "cuda,opencl"}, {}, ["runtime.providers"]),
+        ({}, {"batching.max_batch": 0}, ["batching.max_batch"]),
+        ({}, {"models": [{"name": "a", "path": "/a"}, {"name": "a", "path": "/b"}]},
+         ["models[1].name"]),
+        ({}, {"models": [{"name": "../etc", "path": "/a"}]}, ["models[0].name"]),
+        ({}, {"models": [{"name": "a"}]}, ["models[0].path"]),
+        ({}, {"models": [{"name": "a", "path": "/a", "colour": "red"}]}, ["models[0].colour"]),
+        ({}, {"models": ["no-equals-sign"]}, ["models"]),
+        ({}, {"runtime": 3}, ["runtime"]),
+        ({}, {"limits.max_body_bytes": 1.5}, ["limits.max_body_bytes"]),
+    ],
+)
+def test_unknown_keys_and_bad_values_name_the_key(env, overrides, names):
+    with pytest.raises(SettingsError) as err:
+        load_settings(environ=env, overrides=overrides)
+    for name in names:
+        assert name in err.value.message
+
+
+def test_bad_yaml_and_missing_file_are_clear(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("port: [1,\n")
+    with pytest.raises(SettingsError, match="not valid YAML"):
+        load_settings(bad, environ={})
+    with pytest.raises(SettingsError, match="cannot read config file"):
+        load_settings(tmp_path / "missing.yaml", environ={})
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(SettingsError, match="mapping"):
+        load_settings(listy, environ={})

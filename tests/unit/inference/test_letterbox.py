@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from inference.letterbox import PAD_VALUE, letterbox, scale_boxes, to_blob
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "ih", "iw"),
+    [(1080, 1920, 640, 640), (400, 600, 640, 640), (512, 512, 640, 640), (427, 640, 320, 416),
+     (1, 3000, 640, 640), (3000, 1, 320, 416), (720, 1280, 320, 416)],
+)
+def test_letterbox_fills_the_input_and_centres(h, w, ih, iw):
+    img = np.full((h, w, 3), 7, np.uint8)
+    out, geo = letterbox(img, ih, iw)
+    assert out.shape == (ih, iw, 3)
+    assert (geo.orig_h, geo.orig_w) == (h, w)
+    content = np.argwhere(out[..., 0] == 7)
+    top, left = content.min(0)
+    last_row, last_col = content.max(0)
+    bottom, right = ih - 1 - last_row, iw - 1 - last_col
+    # Centred: the two pads differ by at most one pixel; the pad value is 114.
+    assert abs(int(top) - int(bottom)) <= 1
+    assert abs(int(left) - int(right)) <= 1
+    if top > 0:
+        assert (out[0] == PAD_VALUE).all()
+
+
+def test_ultralytics_rounding_of_odd_padding():
+    # 1920x1080 -> 640x360, dh = 140 each side; 600x400 -> 640x427, dh = 106.5: top 106, bottom 107.
+    out, _ = letterbox(np.zeros((400, 600, 3), np.uint8), 640, 640)
+    rows = np.where((out[:, 320] != PAD_VALUE).any(axis=1))[0]
+    assert rows[0] == 106
+    assert 640 - 1 - rows[-1] == 107
+
+
+def test_scale_boxes_inverts_the_letterbox():
+    h, w = 1080, 1920
+    _, geo = letterbox(np.zeros((h, w, 3), np.uint8), 640, 640)
+    r = 640 / 1920
+    pad_y = (640 - round(h * r)) / 2
+    original = np.array([[100.0, 200.0, 900.0, 1000.0], [0.0, 0.0, 1920.0, 1080.0]], np.float32)
+    model_space = original * r
+    model_space[:, [1, 3]] += pad_y
+    back = scale_boxes(model_space, geo)
+    np.testing.assert_allclose(back, original, atol=0.05)
+
+
+def test_scale_boxes_clips_to_the_image():
+    _, geo = letterbox(np.zeros((100, 200, 3), np.uint8), 640, 640)
+    back = scale_boxes(np.array([[-50, -50, 700, 700]], np.float32), geo)
+    assert back.tolist() == [[0.0, 0.0, 200.0, 100.0]]
+
+
+def test_blob_is_rgb_nchw_unit_range():
+    img = np.zeros((4, 6, 3), np.uint8)
+    img[..., 0] = 255  # blue in BGR
+    blob = to_blob([img])
+    assert blob.shape == (1, 3, 4, 6)
+    assert blob.dtype == np.float32
+    assert blob[0, 2].max() == 1.0  # blue is the last channel in RGB
+    assert blob[0, 0].max() == 0.0

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import onnxruntime as ort
+import pytest
+
+from conftest import TINY_MODEL
+from inference.errors import ModelLoadError, ProviderUnavailableError
+from inference.providers import (
+    CUDAProvider,
+    ProviderContext,
+    TensorRTProvider,
+    default_providers,
+    resolve_chain,
+)
+from inference.session import SessionConfig, create_session, file_digest
+
+
+def test_chain_keeps_order_and_skips_what_this_build_lacks():
+    known = default_providers()
+    chain = resolve_chain(["tensorrt", "cuda", "cpu"], ["CPUExecutionProvider"], known)
+    assert [p.name for p in chain] == ["cpu"]
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert [p.name for p in resolve_chain(["cuda", "tensorrt", "cpu"], gpu, known)] == [
+        "cuda", "tensorrt", "cpu"]
+    with pytest.raises(ValueError, match="unknown execution provider"):
+        resolve_chain(["vulkan"], gpu, known)
+
+
+def test_tensorrt_options_cache_engines_by_model_and_build(tmp_path):
+    ctx = ProviderContext(model_digest="ab" * 32, cache_dir=tmp_path, gpu_name="Orin")
+    opts = TensorRTProvider().options(ctx)
+    assert opts["trt_fp16_enable"] == "True"
+    assert opts["trt_int8_enable"] == "False"
+    assert opts["trt_engine_cache_enable"] == "True"
+    engines = opts["trt_engine_cache_path"]
+    assert engines.startswith(str(tmp_path / "tensorrt"))
+    assert engines.endswith("abababababababab")
+    other_gpu = TensorRTProvider().options(
+        ProviderContext(model_digest="ab" * 32, cache_dir=tmp_path, gpu_name="A2"))
+    assert other_gpu["trt_engine_cache_path"] != engines
+
+
+def test_cuda_arena_grows_only_as_requested():
+    opts = CUDAProvider().options(ProviderContext(model_digest="0", cache_dir=None, device_id=1))
+    assert opts == {"device_id": "1", "arena_extend_strategy": "kSameAsRequested"}
+
+
+def test_cpu_session_reports_provider_threads_and_no_spinning():
+    loaded = create_session(TINY_MODEL, SessionConfig(intra_op_threads=1))
+    assert loaded.provider == "cpu"
+    assert loaded.intra_op_threads == 1
+    assert loaded.digest == file_digest(TINY_MODEL)
+    assert loaded.metadata["names"].startswith("{0: 'scratch'")
+
+
+def test_silent_gpu_fallback_is_reported(monkeypatch):
+    # No GPU here: pretend this build lists CUDA (as onnxruntime-gpu does on a GPU-less node).
+    # ORT then falls back to CPU without raising; the session must say what really runs.
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    loaded = create_session(TINY_MODEL, SessionConfig(providers=("cuda", "cpu")))
+    assert loaded.requested == ["cuda", "cpu"]
+    assert loaded.provider == "cpu"
+
+
+def test_no_available_provider_is_a_clear_error():
+    with pytest.raises(ProviderUnavailableError):
+        create_session(TINY_MODEL, SessionConfig(providers=("tensorrt",)))
+
+
+def test_missing_or_garbage_model_is_a_load_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="cannot read"):
+        create_session(tmp_path / "nope.onnx", SessionConfig())
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ModelLoadError, match="cannot load"):
+        create_session(junk, SessionConfig())

@@ -1,0 +1,87 @@
+"""Parity with Ultralytics' own predictor, through the library; batching equivalence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from support import assert_parity
+
+from conftest import COCO_MODEL, TINY_MODEL, image_bytes
+from inference import SessionConfig, Thresholds, YoloV8Detector
+from inference.errors import ModelLoadError
+from inference.yolo import InvalidThresholdError
+
+
+@pytest.fixture(scope="module")
+def detectors(model_paths):
+    cfg = SessionConfig(intra_op_threads=2)
+    return {key: YoloV8Detector.load(path, cfg) for key, path in model_paths.items()}
+
+
+def test_fixture_files_are_the_ones_the_reference_was_made_from(reference, model_paths):
+    from conftest import _sha256
+
+    for key, info in reference["models"].items():
+        assert _sha256(model_paths[key]) == info["sha256"], key
+
+
+def test_parity_with_ultralytics(reference, detectors):
+    assert len(reference["cases"]) >= 15
+    for case in reference["cases"]:
+        det = detectors[case["model"]]
+        got = det.detect(image_bytes(case["image"]),
+                         Thresholds(case["conf"], case["iou"], case["max_det"]))
+        assert_parity(case["detections"], [d.as_dict() for d in got],
+                      f"{case['model']} on {case['image']} at conf {case['conf']}")
+
+
+def test_class_names_come_from_the_onnx_metadata(detectors):
+    assert detectors["fall"].names == {0: "Normal", 1: "Fall"}
+    assert detectors["yolov8t-3cls-dynbatch"].names == {0: "scratch", 1: "dent", 2: "hole"}
+    assert len(detectors["yolov8n-coco-random"].names) == 80
+
+
+def test_declared_input_size_and_batch_axis(detectors):
+    tiny = detectors["yolov8t-3cls-dynbatch"]
+    assert (tiny.spec.input_h, tiny.spec.input_w, tiny.max_batch) == (320, 416, None)
+    assert detectors["fall"].max_batch == 1
+
+
+@pytest.mark.parametrize("model", [TINY_MODEL, COCO_MODEL])
+def test_a_batch_gives_what_single_runs_give(model):
+    det = YoloV8Detector.load(model, SessionConfig(intra_op_threads=1))
+    names = ["coffee-600x400.jpg", "camera-gray.png", "chelsea-rgba.png"]
+    prepared = [det.preprocess(image_bytes(n)) for n in names]
+    batched = det.infer([p.blob for p in prepared])
+    assert len(batched) == 3
+    for p, out in zip(prepared, batched, strict=True):
+        single = det.infer([p.blob])[0]
+        np.testing.assert_allclose(out, single, rtol=1e-4, atol=1e-5)
+
+
+def test_accepts_a_decoded_array_and_a_gray_array(detectors):
+    det = detectors["yolov8t-3cls-dynbatch"]
+    gray = np.full((100, 150), 80, np.uint8)
+    out = det.detect(gray, Thresholds(conf=0.0001))
+    assert all(0 <= d.box[0] <= d.box[2] <= 150 for d in out)
+
+
+def test_thresholds_are_validated():
+    with pytest.raises(InvalidThresholdError):
+        Thresholds(conf=1.5)
+    with pytest.raises(InvalidThresholdError):
+        Thresholds(max_det=0)
+
+
+def test_a_classifier_is_not_a_detector(tmp_path):
+    onnx = pytest.importorskip("onnx")  # only to build a wrong-shaped model
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])])
+    path = tmp_path / "clf.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    with pytest.raises(ModelLoadError):
+        YoloV8Detector.load(path)
