@@ -16,13 +16,13 @@ def decode_predictions(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One image's ``[4 + nc, anchors]`` output -> (xyxy boxes, scores, class ids) after NMS."""
     cls_scores = pred[4 : 4 + num_classes]
-    class_ids = cls_scores.argmax(axis=0)
-    scores = cls_scores[class_ids, np.arange(cls_scores.shape[1])]
-    keep = scores > conf
-    if not keep.any():
+    best = cls_scores.max(axis=0)
+    keep = np.flatnonzero(best > conf)  # usually a handful of 8400 anchors: argmax only those
+    if not keep.size:
         return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+    class_ids = cls_scores[:, keep].argmax(axis=0)
+    scores = best[keep]
     xywh = pred[:4, keep].T
-    scores, class_ids = scores[keep], class_ids[keep]
     boxes = np.empty_like(xywh)
     half_w, half_h = xywh[:, 2] / 2, xywh[:, 3] / 2
     boxes[:, 0] = xywh[:, 0] - half_w

@@ -60,7 +60,7 @@ async def test_queued_items_are_batched_up_to_max_batch():
     model.gate.set()
     await asyncio.gather(*tasks)
     assert [len(x) for x in model.batches] == [3, 3, 1]
-    assert sorted(sum(model.batches, [])) == list(range(7))
+    assert sorted(i for batch in model.batches for i in batch) == list(range(7))
     await b.close(1)
 
 

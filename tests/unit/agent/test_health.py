@@ -13,7 +13,7 @@ async def test_a_blocked_loop_is_not_live():
     await asyncio.sleep(0.1)
     settings = HealthSettings(max_loop_lag_s=0.2, max_inference_s=5)
     assert check_liveness(settings, monitor, lambda: 0.0).live
-    time.sleep(0.4)  # block the event loop
+    time.sleep(0.4)  # noqa: ASYNC251  (blocking the event loop is the point)
     state = check_liveness(settings, monitor, lambda: 0.0)
     assert not state.live
     assert "event loop lag" in state.reasons[0]

@@ -6,8 +6,8 @@ import zlib
 import cv2
 import numpy as np
 import pytest
+from support import image_bytes
 
-from conftest import image_bytes
 from inference.errors import ImageTooLargeError, InvalidImageError, UnsupportedImageFormatError
 from inference.image import decode_image, read_header, sniff_format
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import onnxruntime as ort
 import pytest
+from support import TINY_MODEL
 
-from conftest import TINY_MODEL
 from inference.errors import ModelLoadError, ProviderUnavailableError
 from inference.providers import (
     CUDAProvider,

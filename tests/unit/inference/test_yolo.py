@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support import assert_parity
+from support import COCO_MODEL, TINY_MODEL, assert_parity, image_bytes
 
-from conftest import COCO_MODEL, TINY_MODEL, image_bytes
 from inference import SessionConfig, Thresholds, YoloV8Detector
 from inference.errors import ModelLoadError
 from inference.yolo import InvalidThresholdError
@@ -19,7 +18,7 @@ def detectors(model_paths):
 
 
 def test_fixture_files_are_the_ones_the_reference_was_made_from(reference, model_paths):
-    from conftest import _sha256
+    from support import _sha256
 
     for key, info in reference["models"].items():
         assert _sha256(model_paths[key]) == info["sha256"], key

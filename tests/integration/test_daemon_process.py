@@ -1,0 +1,170 @@
+"""The daemon as users run it: a real `python -m agent serve` process on a real port."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import aiohttp
+import pytest
+from support import Daemon, assert_parity, image_bytes
+
+from agent import __version__
+
+JPEG = {"Content-Type": "image/jpeg"}
+
+
+@pytest.fixture
+def daemon_factory(tmp_path):
+    started: list[Daemon] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Daemon:
+        d = Daemon(["--state-dir", str(tmp_path / "state"), *args], env=env)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.stop()
+
+
+async def post_image(http: aiohttp.ClientSession, url: str, name: str, query: str = ""
+                     ) -> tuple[int, dict, float, dict]:
+    start = time.monotonic()
+    async with http.post(f"{url}{query}", data=image_bytes(name), headers=JPEG) as resp:
+        body = await resp.json()
+        return resp.status, body, time.monotonic() - start, dict(resp.headers)
+
+
+async def test_readiness_is_503_until_loaded_and_warm_then_200(daemon_factory, fall_model):
+    d = daemon_factory("--model", f"fall={fall_model}",
+                       env={"EDGE_AGENT_BATCHING__INSTANCES": "2"})
+    seen = await d.wait_ready()
+    assert 503 in seen, f"never saw the not-ready state: {seen}"
+    assert seen[-1] == 200
+    async with aiohttp.ClientSession() as http, http.get(d.url + "/v1/models") as resp:
+        (model,) = (await resp.json())["models"]
+    assert model["state"] == "ready"
+    assert model["provider"] == "cpu"
+
+
+async def test_eight_concurrent_clients_each_get_their_own_answer(daemon_factory, fall_model):
+    d = daemon_factory("--model", f"fall={fall_model}")
+    await d.wait_ready()
+    url = d.url + "/v1/models/fall/detect"
+    requests = [("astronaut-1080p.jpg", ""), ("astronaut-exif6.jpg", ""),
+                ("camera-gray.png", ""), ("chelsea-rgba.png", ""), ("coffee-600x400.jpg", ""),
+                ("rocket-16bit.png", ""), ("astronaut-1080p.jpg", "?conf=0.05"),
+                ("camera-gray.png", "?conf=0.9")]
+    async with aiohttp.ClientSession() as http:
+        alone = [await post_image(http, url, n, q) for n, q in requests]
+        together = await asyncio.gather(*(post_image(http, url, n, q) for n, q in requests))
+    for (name, query), a, t in zip(requests, alone, together, strict=True):
+        assert a[0] == t[0] == 200
+        assert t[1]["image"] == a[1]["image"]
+        assert_parity(a[1]["detections"], t[1]["detections"], f"{name}{query}")
+        assert len(t[1]["detections"]) == len(a[1]["detections"])
+    assert {len(t[1]["detections"]) for t in together} != {0}
+
+
+async def test_a_full_queue_answers_503_at_once(daemon_factory, fall_model):
+    d = daemon_factory("--model", f"fall={fall_model}", "--max-queue", "1", "--max-batch", "1")
+    await d.wait_ready()
+    url = d.url + "/v1/models/fall/detect"
+    async with aiohttp.ClientSession() as http:
+        results = await asyncio.gather(*(post_image(http, url, "coffee-600x400.jpg")
+                                         for _ in range(12)))
+    ok = [r for r in results if r[0] == 200]
+    shed = [r for r in results if r[0] == 503]
+    assert ok
+    assert shed
+    assert len(ok) + len(shed) == 12
+    assert all(r[3]["Retry-After"] == "1" for r in shed)
+    assert all("queue is full" in r[1]["error"] for r in shed)
+    # Shed before any work: each refusal comes back sooner than any served frame.
+    assert max(r[2] for r in shed) < min(r[2] for r in ok)
+
+
+async def test_sigterm_with_requests_in_flight_loses_none(daemon_factory, fall_model):
+    d = daemon_factory("--model", f"fall={fall_model}", "--max-batch", "1")
+    await d.wait_ready()
+    url = d.url + "/v1/models/fall/detect"
+    async with aiohttp.ClientSession() as http:
+        tasks = [asyncio.create_task(post_image(http, url, "coffee-600x400.jpg"))
+                 for _ in range(6)]
+        await asyncio.sleep(0.15)  # all six are received; the first is running
+        d.signal(signal.SIGTERM)
+        results = await asyncio.gather(*tasks)
+    assert [r[0] for r in results] == [200] * 6
+    assert d.wait(timeout=60) == 0
+    messages = [json.loads(line)["msg"] for line in d.output.splitlines() if line.startswith("{")]
+    assert "draining" in messages
+    assert messages[-1] == "stopped"
+
+
+async def test_drain_grace_keeps_serving_with_readiness_503(daemon_factory, fall_model):
+    d = daemon_factory("--model", f"fall={fall_model}", env={"EDGE_AGENT_DRAIN_GRACE_S": "2"})
+    await d.wait_ready()
+    d.signal(signal.SIGTERM)
+    await asyncio.sleep(0.2)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(d.url + "/health") as resp:
+            assert resp.status == 503
+            assert (await resp.json())["status"] == "draining"
+        async with http.get(d.url + "/v2/health/ready") as resp:
+            assert resp.status == 503
+        status, body, _, _ = await post_image(http, d.url + "/v1/models/fall/detect",
+                                              "camera-gray.png")
+        assert status == 200
+    assert d.wait(timeout=30) == 0
+
+
+async def test_parity_with_ultralytics_through_http(daemon_factory, model_paths, reference):
+    args = [a for key, path in model_paths.items() for a in ("--model", f"{key}={path}")]
+    d = daemon_factory(*args)
+    await d.wait_ready()
+    async with aiohttp.ClientSession() as http:
+        for case in reference["cases"]:
+            query = f"?conf={case['conf']}&iou={case['iou']}&max_det={case['max_det']}"
+            ctype = "image/png" if case["image"].endswith(".png") else "image/jpeg"
+            async with http.post(f"{d.url}/v1/models/{case['model']}/detect{query}",
+                                 data=image_bytes(case["image"]),
+                                 headers={"Content-Type": ctype}) as resp:
+                assert resp.status == 200
+                body = await resp.json()
+            assert_parity(case["detections"], body["detections"],
+                          f"HTTP {case['model']} on {case['image']}")
+
+
+def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True,
+                          timeout=timeout, env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
+
+
+def test_version():
+    proc = run_cli("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"edge-agent {__version__}"
+
+
+def test_a_bad_setting_stops_startup_naming_the_key(tmp_path):
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text("batching:\n  max_qeue: 3\n")
+    proc = run_cli("serve", "--config", str(cfg))
+    assert proc.returncode == 2
+    assert "batching.max_qeue" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+async def test_port_in_use_is_a_clear_error(daemon_factory, tmp_path):
+    d = daemon_factory()
+    await d.wait_ready()  # no models: ready at once
+    proc = run_cli("serve", "--host", "127.0.0.1", "--port", str(d.port),
+                   "--state-dir", str(tmp_path / "s2"))
+    assert proc.returncode == 1
+    assert "cannot listen" in proc.stderr
+    assert "Traceback" not in proc.stderr
