@@ -33,13 +33,24 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values) * 1000, q))
 
 
-async def latency(model: Path, frame: Path, threads: int, rounds: int, warmup: int) -> None:
-    data = frame.read_bytes()
+async def latency(
+    data: bytes, model: Path, frame: Path, threads: int, rounds: int, warmup: int
+) -> None:
     det = YoloV8Detector.load(model, SessionConfig(providers=("cpu",), intra_op_threads=threads))
     blob = det.preprocess(data).blob
-    daemon = Daemon(["--model", f"m={model}", "--intra-op-threads", str(threads),
-                     "--providers", "cpu", "--state-dir", "/tmp/edge-agent-bench-state"],
-                    env={"EDGE_AGENT_RUNTIME__PREPROCESS_THREADS": str(threads)})
+    daemon = Daemon(
+        [
+            "--model",
+            f"m={model}",
+            "--intra-op-threads",
+            str(threads),
+            "--providers",
+            "cpu",
+            "--state-dir",
+            "/tmp/edge-agent-bench-state",
+        ],
+        env={"EDGE_AGENT_RUNTIME__PREPROCESS_THREADS": str(threads)},
+    )
     raw: list[float] = []
     e2e: list[float] = []
     server: list[dict[str, float]] = []
@@ -61,8 +72,10 @@ async def latency(model: Path, frame: Path, threads: int, rounds: int, warmup: i
                     server.append(body["timing_ms"])
     finally:
         daemon.stop()
-    print(f"model {model.name}, frame {frame.name} ({len(data) // 1024} KB), "
-          f"intra_op_threads={threads}, {rounds} interleaved rounds, cores={os.cpu_count()}")
+    print(
+        f"model {model.name}, frame {frame.name} ({len(data) // 1024} KB), "
+        f"intra_op_threads={threads}, {rounds} interleaved rounds, cores={os.cpu_count()}"
+    )
     print(f"{'':28s} {'p50 ms':>8s} {'p95 ms':>8s}")
     print(f"{'raw session.run':28s} {pct(raw, 50):8.2f} {pct(raw, 95):8.2f}")
     print(f"{'daemon end to end (HTTP)':28s} {pct(e2e, 50):8.2f} {pct(e2e, 95):8.2f}")
@@ -83,7 +96,16 @@ def main() -> None:
     lat.add_argument("--warmup", type=int, default=5)
     args = ap.parse_args()
     if args.cmd == "latency":
-        asyncio.run(latency(args.model, args.frame, args.threads, args.rounds, args.warmup))
+        asyncio.run(
+            latency(
+                args.frame.read_bytes(),
+                args.model,
+                args.frame,
+                args.threads,
+                args.rounds,
+                args.warmup,
+            )
+        )
 
 
 if __name__ == "__main__":

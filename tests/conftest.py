@@ -32,5 +32,8 @@ def reference() -> dict:
 
 @pytest.fixture(scope="session")
 def model_paths(fall_model: Path) -> dict[str, Path]:
-    return {"fall": fall_model, "yolov8n-coco-random": COCO_MODEL,
-            "yolov8t-3cls-dynbatch": TINY_MODEL}
+    return {
+        "fall": fall_model,
+        "yolov8n-coco-random": COCO_MODEL,
+        "yolov8t-3cls-dynbatch": TINY_MODEL,
+    }

@@ -122,16 +122,26 @@ def free_port() -> int:
 class Daemon:
     """``python -m agent serve`` as a real process on a real port."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None,
-                 cwd: Path | None = None) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
         full_env.update(env or {})
         full_env.setdefault("EDGE_AGENT_LOG_FORMAT", "json")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "serve", "--host", "127.0.0.1",
-             "--port", str(self.port), *args],
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                *args,
+            ],
             env=full_env,
             cwd=cwd,
             stdout=subprocess.PIPE,

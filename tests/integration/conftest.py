@@ -11,9 +11,11 @@ from agent.settings import load_settings
 
 
 def make_settings(tmp_path: Path, **overrides):
-    base = {"state_dir": tmp_path / "state",
-            "models": [{"name": "tiny", "path": str(TINY_MODEL)}],
-            "runtime.intra_op_threads": 1}
+    base = {
+        "state_dir": tmp_path / "state",
+        "models": [{"name": "tiny", "path": str(TINY_MODEL)}],
+        "runtime.intra_op_threads": 1,
+    }
     base.update(overrides)
     return load_settings(environ={}, overrides=base)
 

@@ -32,8 +32,9 @@ def daemon_factory(tmp_path):
         d.stop()
 
 
-async def post_image(http: aiohttp.ClientSession, url: str, name: str, query: str = ""
-                     ) -> tuple[int, dict, float, dict]:
+async def post_image(
+    http: aiohttp.ClientSession, url: str, name: str, query: str = ""
+) -> tuple[int, dict, float, dict]:
     start = time.monotonic()
     async with http.post(f"{url}{query}", data=image_bytes(name), headers=JPEG) as resp:
         body = await resp.json()
@@ -41,8 +42,7 @@ async def post_image(http: aiohttp.ClientSession, url: str, name: str, query: st
 
 
 async def test_readiness_is_503_until_loaded_and_warm_then_200(daemon_factory, fall_model):
-    d = daemon_factory("--model", f"fall={fall_model}",
-                       env={"EDGE_AGENT_BATCHING__INSTANCES": "2"})
+    d = daemon_factory("--model", f"fall={fall_model}", env={"EDGE_AGENT_BATCHING__INSTANCES": "2"})
     seen = await d.wait_ready()
     assert 503 in seen, f"never saw the not-ready state: {seen}"
     assert seen[-1] == 200
@@ -56,10 +56,16 @@ async def test_eight_concurrent_clients_each_get_their_own_answer(daemon_factory
     d = daemon_factory("--model", f"fall={fall_model}")
     await d.wait_ready()
     url = d.url + "/v1/models/fall/detect"
-    requests = [("astronaut-1080p.jpg", ""), ("astronaut-exif6.jpg", ""),
-                ("camera-gray.png", ""), ("chelsea-rgba.png", ""), ("coffee-600x400.jpg", ""),
-                ("rocket-16bit.png", ""), ("astronaut-1080p.jpg", "?conf=0.05"),
-                ("camera-gray.png", "?conf=0.9")]
+    requests = [
+        ("astronaut-1080p.jpg", ""),
+        ("astronaut-exif6.jpg", ""),
+        ("camera-gray.png", ""),
+        ("chelsea-rgba.png", ""),
+        ("coffee-600x400.jpg", ""),
+        ("rocket-16bit.png", ""),
+        ("astronaut-1080p.jpg", "?conf=0.05"),
+        ("camera-gray.png", "?conf=0.9"),
+    ]
     async with aiohttp.ClientSession() as http:
         alone = [await post_image(http, url, n, q) for n, q in requests]
         together = await asyncio.gather(*(post_image(http, url, n, q) for n, q in requests))
@@ -76,8 +82,9 @@ async def test_a_full_queue_answers_503_at_once(daemon_factory, fall_model):
     await d.wait_ready()
     url = d.url + "/v1/models/fall/detect"
     async with aiohttp.ClientSession() as http:
-        results = await asyncio.gather(*(post_image(http, url, "coffee-600x400.jpg")
-                                         for _ in range(12)))
+        results = await asyncio.gather(
+            *(post_image(http, url, "coffee-600x400.jpg") for _ in range(12))
+        )
     ok = [r for r in results if r[0] == 200]
     shed = [r for r in results if r[0] == 503]
     assert ok
@@ -94,8 +101,7 @@ async def test_sigterm_with_requests_in_flight_loses_none(daemon_factory, fall_m
     await d.wait_ready()
     url = d.url + "/v1/models/fall/detect"
     async with aiohttp.ClientSession() as http:
-        tasks = [asyncio.create_task(post_image(http, url, "coffee-600x400.jpg"))
-                 for _ in range(6)]
+        tasks = [asyncio.create_task(post_image(http, url, "coffee-600x400.jpg")) for _ in range(6)]
         await asyncio.sleep(0.15)  # all six are received; the first is running
         d.signal(signal.SIGTERM)
         results = await asyncio.gather(*tasks)
@@ -117,8 +123,9 @@ async def test_drain_grace_keeps_serving_with_readiness_503(daemon_factory, fall
             assert (await resp.json())["status"] == "draining"
         async with http.get(d.url + "/v2/health/ready") as resp:
             assert resp.status == 503
-        status, body, _, _ = await post_image(http, d.url + "/v1/models/fall/detect",
-                                              "camera-gray.png")
+        status, _, _, _ = await post_image(
+            http, d.url + "/v1/models/fall/detect", "camera-gray.png"
+        )
         assert status == 200
     assert d.wait(timeout=30) == 0
 
@@ -131,18 +138,26 @@ async def test_parity_with_ultralytics_through_http(daemon_factory, model_paths,
         for case in reference["cases"]:
             query = f"?conf={case['conf']}&iou={case['iou']}&max_det={case['max_det']}"
             ctype = "image/png" if case["image"].endswith(".png") else "image/jpeg"
-            async with http.post(f"{d.url}/v1/models/{case['model']}/detect{query}",
-                                 data=image_bytes(case["image"]),
-                                 headers={"Content-Type": ctype}) as resp:
+            async with http.post(
+                f"{d.url}/v1/models/{case['model']}/detect{query}",
+                data=image_bytes(case["image"]),
+                headers={"Content-Type": ctype},
+            ) as resp:
                 assert resp.status == 200
                 body = await resp.json()
-            assert_parity(case["detections"], body["detections"],
-                          f"HTTP {case['model']} on {case['image']}")
+            assert_parity(
+                case["detections"], body["detections"], f"HTTP {case['model']} on {case['image']}"
+            )
 
 
 def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True,
-                          timeout=timeout, env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"},
+    )
 
 
 def test_version():
@@ -163,8 +178,9 @@ def test_a_bad_setting_stops_startup_naming_the_key(tmp_path):
 async def test_port_in_use_is_a_clear_error(daemon_factory, tmp_path):
     d = daemon_factory()
     await d.wait_ready()  # no models: ready at once
-    proc = run_cli("serve", "--host", "127.0.0.1", "--port", str(d.port),
-                   "--state-dir", str(tmp_path / "s2"))
+    proc = run_cli(
+        "serve", "--host", "127.0.0.1", "--port", str(d.port), "--state-dir", str(tmp_path / "s2")
+    )
     assert proc.returncode == 1
     assert "cannot listen" in proc.stderr
     assert "Traceback" not in proc.stderr

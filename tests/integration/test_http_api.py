@@ -14,8 +14,9 @@ JPEG = {"Content-Type": "image/jpeg"}
 
 
 async def test_detect_answer_has_the_contract_shape(client):
-    resp = await client.post("/v1/models/tiny/detect", data=image_bytes("coffee-600x400.jpg"),
-                             headers=JPEG)
+    resp = await client.post(
+        "/v1/models/tiny/detect", data=image_bytes("coffee-600x400.jpg"), headers=JPEG
+    )
     assert resp.status == 200
     body = await resp.json()
     assert body["model"] == "tiny"
@@ -46,24 +47,33 @@ async def test_query_thresholds_change_the_answer(client):
 async def test_multipart_upload(client):
     form = aiohttp.FormData()
     form.add_field("note", "camera 7")
-    form.add_field("file", image_bytes("chelsea-rgba.png"), filename="f.png",
-                   content_type="image/png")
+    form.add_field(
+        "file", image_bytes("chelsea-rgba.png"), filename="f.png", content_type="image/png"
+    )
     resp = await client.post("/v1/models/tiny/detect", data=form)
     assert resp.status == 200
     assert (await resp.json())["image"] == {"width": 451, "height": 300}
 
 
 async def test_octet_stream_is_sniffed(client):
-    resp = await client.post("/v1/models/tiny/detect", data=image_bytes("coffee-600x400.jpg"),
-                             headers={"Content-Type": "application/octet-stream"})
+    resp = await client.post(
+        "/v1/models/tiny/detect",
+        data=image_bytes("coffee-600x400.jpg"),
+        headers={"Content-Type": "application/octet-stream"},
+    )
     assert resp.status == 200
 
 
 def _png_bomb(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     chunk = b"IHDR" + ihdr
-    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk
-            + struct.pack(">I", zlib.crc32(chunk)) + b"\x00" * 64)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", 13)
+        + chunk
+        + struct.pack(">I", zlib.crc32(chunk))
+        + b"\x00" * 64
+    )
 
 
 @pytest.mark.parametrize(
@@ -72,12 +82,16 @@ def _png_bomb(width: int, height: int) -> bytes:
         ("/v1/models/nope/detect", b"x", "image/jpeg", 404, "no model named"),
         ("/v1/models/tiny/detect", b"x", "text/plain", 415, "Content-Type"),
         ("/v1/models/tiny/detect", b"GIF89a\x01\x00\x01\x00", "image/gif", 415, "Content-Type"),
-        ("/v1/models/tiny/detect", b"GIF89a\x01\x00\x01\x00", "application/octet-stream", 415,
-         "gif"),
+        (
+            "/v1/models/tiny/detect",
+            b"GIF89a\x01\x00\x01\x00",
+            "application/octet-stream",
+            415,
+            "gif",
+        ),
         ("/v1/models/tiny/detect", b"garbage bytes", "image/jpeg", 400, "not a JPEG or PNG"),
         ("/v1/models/tiny/detect", b"", "image/jpeg", 400, "empty body"),
-        ("/v1/models/tiny/detect", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", "image/jpeg", 400,
-         "JPEG"),
+        ("/v1/models/tiny/detect", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", "image/jpeg", 400, "JPEG"),
         ("/v1/models/tiny/detect", _png_bomb(60_000, 60_000), "image/png", 413, "pixels"),
         ("/v1/models/tiny/detect?conf=abc", b"x", "image/jpeg", 400, "conf"),
         ("/v1/models/tiny/detect?conf=2", b"x", "image/jpeg", 400, "conf"),
@@ -127,8 +141,11 @@ async def test_multipart_without_a_file_is_400(client):
 
 
 async def test_bad_deadline_header_is_400(client):
-    resp = await client.post("/v1/models/tiny/detect", data=image_bytes("coffee-600x400.jpg"),
-                             headers={**JPEG, "X-Deadline-Ms": "soon"})
+    resp = await client.post(
+        "/v1/models/tiny/detect",
+        data=image_bytes("coffee-600x400.jpg"),
+        headers={**JPEG, "X-Deadline-Ms": "soon"},
+    )
     assert resp.status == 400
 
 
@@ -159,16 +176,16 @@ async def test_expired_deadline_is_504(client_factory, settings_factory):
     client = await client_factory(settings_factory(**{"batching.max_batch": 1}))
     data = image_bytes("astronaut-1080p.jpg")
     busy = [client.post("/v1/models/tiny/detect", data=data, headers=JPEG) for _ in range(6)]
-    late = client.post("/v1/models/tiny/detect", data=data,
-                       headers={**JPEG, "X-Deadline-Ms": "1"})
+    late = client.post("/v1/models/tiny/detect", data=data, headers={**JPEG, "X-Deadline-Ms": "1"})
     responses = await asyncio.gather(*busy, late)
     assert [r.status for r in responses[:-1]] == [200] * 6
     assert responses[-1].status == 504
     assert "deadline" in (await responses[-1].json())["error"]
 
 
-async def test_a_model_that_fails_to_load_keeps_the_daemon_up(aiohttp_client, settings_factory,
-                                                              tmp_path):
+async def test_a_model_that_fails_to_load_keeps_the_daemon_up(
+    aiohttp_client, settings_factory, tmp_path
+):
     from agent.http.app import create_app
 
     junk = tmp_path / "junk.onnx"
@@ -184,7 +201,8 @@ async def test_a_model_that_fails_to_load_keeps_the_daemon_up(aiohttp_client, se
     health = await client.get("/health")
     assert health.status == 503
     assert "onnxruntime cannot load" in (await health.json())["errors"]["tiny"]
-    resp = await client.post("/v1/models/tiny/detect", data=image_bytes("coffee-600x400.jpg"),
-                             headers=JPEG)
+    resp = await client.post(
+        "/v1/models/tiny/detect", data=image_bytes("coffee-600x400.jpg"), headers=JPEG
+    )
     assert resp.status == 503
     assert resp.headers["Retry-After"] == "1"

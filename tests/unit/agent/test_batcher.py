@@ -32,8 +32,9 @@ class Model:
 
 def make(model: Model, instances: int = 1, **kw) -> Batcher[int, int]:
     opts = {"max_batch": 4, "max_delay_s": 0.0, "max_queue": 16} | kw
-    return Batcher("m", [Instance(model.run, ThreadPoolExecutor(1)) for _ in range(instances)],
-                   **opts)
+    return Batcher(
+        "m", [Instance(model.run, ThreadPoolExecutor(1)) for _ in range(instances)], **opts
+    )
 
 
 async def submit(b: Batcher[int, int], value: int, deadline: float | None = None):

@@ -36,8 +36,9 @@ def test_layers_file_then_env_then_flags(tmp_path):
 def test_config_file_from_env_and_models_as_name_equals_path(tmp_path):
     cfg = tmp_path / "a.yaml"
     cfg.write_text("port: 8181\n")
-    s = load_settings(environ={"EDGE_AGENT_CONFIG": str(cfg),
-                               "EDGE_AGENT_MODELS": "a=/x/a.onnx, b=/x/b.onnx"})
+    s = load_settings(
+        environ={"EDGE_AGENT_CONFIG": str(cfg), "EDGE_AGENT_MODELS": "a=/x/a.onnx, b=/x/b.onnx"}
+    )
     assert s.port == 8181
     assert [(m.name, str(m.path)) for m in s.models] == [("a", "/x/a.onnx"), ("b", "/x/b.onnx")]
     s = load_settings(environ={}, overrides={"models": [{"name": "c", "path": "/c.onnx"}]})
@@ -45,9 +46,15 @@ def test_config_file_from_env_and_models_as_name_equals_path(tmp_path):
 
 
 def test_per_model_batching_overrides_the_default():
-    s = load_settings(environ={}, overrides={"models": [
-        {"name": "a", "path": "/a.onnx", "batching": {"max_batch": 1}},
-        {"name": "b", "path": "/b.onnx"}]})
+    s = load_settings(
+        environ={},
+        overrides={
+            "models": [
+                {"name": "a", "path": "/a.onnx", "batching": {"max_batch": 1}},
+                {"name": "b", "path": "/b.onnx"},
+            ]
+        },
+    )
     assert s.batching_for(s.models[0]).max_batch == 1
     assert s.batching_for(s.models[1]).max_batch == s.batching.max_batch
 
@@ -67,8 +74,11 @@ def test_lists_from_the_environment():
         ({"EDGE_AGENT_RUNTIME__ALLOW_SPINNING": "maybe"}, {}, ["runtime.allow_spinning"]),
         ({"EDGE_AGENT_RUNTIME__PROVIDERS": "cuda,opencl"}, {}, ["runtime.providers"]),
         ({}, {"batching.max_batch": 0}, ["batching.max_batch"]),
-        ({}, {"models": [{"name": "a", "path": "/a"}, {"name": "a", "path": "/b"}]},
-         ["models[1].name"]),
+        (
+            {},
+            {"models": [{"name": "a", "path": "/a"}, {"name": "a", "path": "/b"}]},
+            ["models[1].name"],
+        ),
         ({}, {"models": [{"name": "../etc", "path": "/a"}]}, ["models[0].name"]),
         ({}, {"models": [{"name": "a"}]}, ["models[0].path"]),
         ({}, {"models": [{"name": "a", "path": "/a", "colour": "red"}]}, ["models[0].colour"]),

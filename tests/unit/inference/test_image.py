@@ -15,8 +15,12 @@ from inference.image import decode_image, read_header, sniff_format
 def _png_header_only(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     chunk = b"IHDR" + ihdr
-    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
-            + struct.pack(">I", zlib.crc32(chunk)))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", len(ihdr))
+        + chunk
+        + struct.pack(">I", zlib.crc32(chunk))
+    )
 
 
 def _jpeg(width: int, height: int) -> bytes:
@@ -109,8 +113,9 @@ def test_sixteen_bit_keeps_the_high_byte():
 
 def test_exif_orientation_is_applied():
     data = image_bytes("astronaut-exif6.jpg")
-    stored = cv2.imdecode(np.frombuffer(data, np.uint8),
-                          cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    stored = cv2.imdecode(
+        np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    )
     upright = decode_image(data)
     # Orientation 6: the stored pixels are rotated 90 degrees counter-clockwise.
     np.testing.assert_array_equal(upright, cv2.rotate(stored, cv2.ROTATE_90_CLOCKWISE))

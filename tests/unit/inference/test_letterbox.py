@@ -8,8 +8,15 @@ from inference.letterbox import PAD_VALUE, letterbox, scale_boxes, to_blob
 
 @pytest.mark.parametrize(
     ("h", "w", "ih", "iw"),
-    [(1080, 1920, 640, 640), (400, 600, 640, 640), (512, 512, 640, 640), (427, 640, 320, 416),
-     (1, 3000, 640, 640), (3000, 1, 320, 416), (720, 1280, 320, 416)],
+    [
+        (1080, 1920, 640, 640),
+        (400, 600, 640, 640),
+        (512, 512, 640, 640),
+        (427, 640, 320, 416),
+        (1, 3000, 640, 640),
+        (3000, 1, 320, 416),
+        (720, 1280, 320, 416),
+    ],
 )
 def test_letterbox_fills_the_input_and_centres(h, w, ih, iw):
     img = np.full((h, w, 3), 7, np.uint8)

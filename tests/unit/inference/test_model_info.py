@@ -15,23 +15,32 @@ class Arg:
 
 
 def test_static_ultralytics_export():
-    spec = detector_spec([Arg("images", [1, 3, 640, 640])], [Arg("output0", [1, 6, 8400])],
-                         {"names": "{0: 'Normal', 1: 'Fall'}"})
+    spec = detector_spec(
+        [Arg("images", [1, 3, 640, 640])],
+        [Arg("output0", [1, 6, 8400])],
+        {"names": "{0: 'Normal', 1: 'Fall'}"},
+    )
     assert (spec.input_h, spec.input_w, spec.fixed_batch, spec.num_classes) == (640, 640, 1, 2)
     assert spec.names == {0: "Normal", 1: "Fall"}
 
 
 def test_dynamic_axes_take_the_size_from_metadata():
-    spec = detector_spec([Arg("images", ["batch", 3, "height", "width"])],
-                         [Arg("output0", ["batch", 84, "anchors"])], {"imgsz": "[480, 640]"})
+    spec = detector_spec(
+        [Arg("images", ["batch", 3, "height", "width"])],
+        [Arg("output0", ["batch", 84, "anchors"])],
+        {"imgsz": "[480, 640]"},
+    )
     assert (spec.input_h, spec.input_w, spec.fixed_batch) == (480, 640, None)
     assert spec.names[79] == "79"
 
 
 def test_sidecar_names_win_over_metadata():
-    spec = detector_spec([Arg("images", [1, 3, 320, 320])], [Arg("output0", [1, 7, 2100])],
-                         {"names": "{0: 'a', 1: 'b', 2: 'c'}"}, {0: "scratch", 1: "dent",
-                                                                  2: "hole"})
+    spec = detector_spec(
+        [Arg("images", [1, 3, 320, 320])],
+        [Arg("output0", [1, 7, 2100])],
+        {"names": "{0: 'a', 1: 'b', 2: 'c'}"},
+        {0: "scratch", 1: "dent", 2: "hole"},
+    )
     assert spec.names == {0: "scratch", 1: "dent", 2: "hole"}
 
 

@@ -44,12 +44,14 @@ def _pred(rows):
 
 
 def test_decode_is_class_aware_and_thresholds_strictly():
-    pred = _pred([
-        [50, 50, 20, 20, 0.9, 0.0],
-        [51, 51, 20, 20, 0.0, 0.8],  # same place, other class: kept
-        [52, 50, 20, 20, 0.7, 0.0],  # same class, overlapping: suppressed
-        [200, 200, 10, 10, 0.25, 0.0],  # exactly at conf: dropped (strict >)
-    ])
+    pred = _pred(
+        [
+            [50, 50, 20, 20, 0.9, 0.0],
+            [51, 51, 20, 20, 0.0, 0.8],  # same place, other class: kept
+            [52, 50, 20, 20, 0.7, 0.0],  # same class, overlapping: suppressed
+            [200, 200, 10, 10, 0.25, 0.0],  # exactly at conf: dropped (strict >)
+        ]
+    )
     boxes, scores, classes = decode_predictions(pred, 0.25, 0.7, 300, 2)
     assert classes.tolist() == [0, 1]
     np.testing.assert_allclose(scores, [0.9, 0.8])

@@ -21,7 +21,10 @@ def test_chain_keeps_order_and_skips_what_this_build_lacks():
     assert [p.name for p in chain] == ["cpu"]
     gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     assert [p.name for p in resolve_chain(["cuda", "tensorrt", "cpu"], gpu, known)] == [
-        "cuda", "tensorrt", "cpu"]
+        "cuda",
+        "tensorrt",
+        "cpu",
+    ]
     with pytest.raises(ValueError, match="unknown execution provider"):
         resolve_chain(["vulkan"], gpu, known)
 
@@ -36,7 +39,8 @@ def test_tensorrt_options_cache_engines_by_model_and_build(tmp_path):
     assert engines.startswith(str(tmp_path / "tensorrt"))
     assert engines.endswith("abababababababab")
     other_gpu = TensorRTProvider().options(
-        ProviderContext(model_digest="ab" * 32, cache_dir=tmp_path, gpu_name="A2"))
+        ProviderContext(model_digest="ab" * 32, cache_dir=tmp_path, gpu_name="A2")
+    )
     assert other_gpu["trt_engine_cache_path"] != engines
 
 
@@ -56,8 +60,9 @@ def test_cpu_session_reports_provider_threads_and_no_spinning():
 def test_silent_gpu_fallback_is_reported(monkeypatch):
     # No GPU here: pretend this build lists CUDA (as onnxruntime-gpu does on a GPU-less node).
     # ORT then falls back to CPU without raising; the session must say what really runs.
-    monkeypatch.setattr(ort, "get_available_providers",
-                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
     loaded = create_session(TINY_MODEL, SessionConfig(providers=("cuda", "cpu")))
     assert loaded.requested == ["cuda", "cpu"]
     assert loaded.provider == "cpu"

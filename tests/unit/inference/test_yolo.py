@@ -28,10 +28,14 @@ def test_parity_with_ultralytics(reference, detectors):
     assert len(reference["cases"]) >= 15
     for case in reference["cases"]:
         det = detectors[case["model"]]
-        got = det.detect(image_bytes(case["image"]),
-                         Thresholds(case["conf"], case["iou"], case["max_det"]))
-        assert_parity(case["detections"], [d.as_dict() for d in got],
-                      f"{case['model']} on {case['image']} at conf {case['conf']}")
+        got = det.detect(
+            image_bytes(case["image"]), Thresholds(case["conf"], case["iou"], case["max_det"])
+        )
+        assert_parity(
+            case["detections"],
+            [d.as_dict() for d in got],
+            f"{case['model']} on {case['image']} at conf {case['conf']}",
+        )
 
 
 def test_class_names_come_from_the_onnx_metadata(detectors):
@@ -77,9 +81,11 @@ def test_a_classifier_is_not_a_detector(tmp_path):
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "g",
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+    )
     path = tmp_path / "clf.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     with pytest.raises(ModelLoadError):
