@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +82,8 @@ def create_session(model: Path, config: SessionConfig, digest: str | None = None
         int8=_want_int8(config.trt_int8, data),
         gpu_name=_gpu_name(config.device_id) if chain[0].name != "cpu" else "",
     )
+    if chain[0].name != "cpu":
+        _preload_gpu_libraries()
     threads = config.threads()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -110,6 +114,23 @@ def create_session(model: Path, config: SessionConfig, digest: str | None = None
         intra_op_threads=threads,
         metadata=dict(session.get_modelmeta().custom_metadata_map),
     )
+
+
+def _preload_gpu_libraries() -> None:
+    """Load CUDA/cuDNN from pip-installed NVIDIA packages when onnxruntime-gpu was installed
+    with them (``onnxruntime-gpu[cuda,cudnn]``); with system CUDA (a CUDA base image) this finds
+    nothing to do. It prints instead of raising, so its output goes to the log."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            preload()
+    except Exception as exc:  # best effort: session creation reports the real failure
+        log.warning("GPU library preload failed", extra={"error": repr(exc)})
+    if out.getvalue().strip():
+        log.info("GPU library preload", extra={"output": out.getvalue().strip()[:2000]})
 
 
 def _want_int8(mode: str, data: bytes) -> bool:
