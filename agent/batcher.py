@@ -233,8 +233,11 @@ class Batcher(Generic[In, Out]):
             self._idle.put_nowait(instance)
 
     # -- shutdown --------------------------------------------------------------------------
-    async def close(self, timeout: float) -> None:
-        """Refuse new work, let queued and running batches finish (up to ``timeout``), stop."""
+    async def close(self, timeout: float) -> bool:
+        """Refuse new work, let queued and running batches finish (up to ``timeout``), stop.
+
+        Returns False when a run was still going at the timeout (a wedged session): its thread
+        cannot be interrupted, so the caller should not wait for it at exit."""
         self._closing = True
         end = time.monotonic() + timeout
         while (self._items or self._runs) and (remaining := end - time.monotonic()) > 0:
@@ -253,3 +256,6 @@ class Batcher(Generic[In, Out]):
         for inst in self._instances:
             # A stuck run cannot be interrupted: do not wait for its thread, or exit would hang.
             inst.executor.shutdown(wait=not stuck, cancel_futures=True)
+        if stuck:
+            log.error("inference still running at shutdown", extra={"model": self.name})
+        return not stuck

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def serve(settings: Settings) -> int:
     from aiohttp import web
 
+    from agent.http import keys
     from agent.http.app import create_app
     from agent.logs import setup_logging
 
@@ -115,5 +117,11 @@ def serve(settings: Settings) -> int:
             "cannot listen", extra={"host": settings.host, "port": settings.port, "error": str(exc)}
         )
         return 1
+    if not app[keys.SERVICE].clean_shutdown:
+        # A wedged session's thread can never be joined: exiting normally would hang forever
+        # in the interpreter's thread join, so leave now and let the supervisor restart us.
+        log.error("stopped with inference still running")
+        logging.shutdown()
+        os._exit(1)
     log.info("stopped")
     return 0

@@ -90,6 +90,7 @@ class ModelService:
     def __init__(self, settings: Settings, pre_pool: ThreadPoolExecutor) -> None:
         self.settings = settings
         self._pre_pool = pre_pool
+        self.clean_shutdown = True
         self.models: dict[str, ServedModel] = {
             m.name: ServedModel(m, defaults=Thresholds(m.conf, m.iou, m.max_det))
             for m in settings.models
@@ -170,9 +171,11 @@ class ModelService:
         )
 
     async def close(self, timeout: float) -> None:
-        await asyncio.gather(
+        """Drain every model's queue; ``clean_shutdown`` says whether all runs finished."""
+        results = await asyncio.gather(
             *(m.batcher.close(timeout) for m in self.models.values() if m.batcher is not None)
         )
+        self.clean_shutdown = all(results)
 
     # -- readiness -------------------------------------------------------------------------
     def ready(self) -> bool:

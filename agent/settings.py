@@ -32,7 +32,9 @@ class SettingsError(EdgeError):
 class BatchingSettings:
     max_batch: int = 4  # images per session.run; clamped to a static batch axis
     max_delay_ms: float = 2.0  # how long the first queued image waits for company
-    max_queue: int = 32  # admitted, not yet running; beyond: 503 at once
+    # Admitted, not yet running; beyond: 503 at once. Each queued 640x640 frame holds a 4.9 MB
+    # float32 blob, and on a CPU node 8 frames are already ~0.5 s of waiting.
+    max_queue: int = 8
     deadline_ms: float = 0.0  # default per-request deadline; 0 = none (X-Deadline-Ms overrides)
     instances: int = 1  # sessions per model, each with its own inference thread
 
@@ -276,7 +278,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     raw = env.text if env else value
     via = f" (from {env.origin})" if env else ""
     try:
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             if env:
                 raise SettingsError(f"{key}{via}: a section cannot be set from one variable")
             return _build(tp, raw, key)

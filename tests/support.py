@@ -48,7 +48,7 @@ def require(ok: bool, what: str) -> None:
 
 def cache_dir() -> Path:
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edge-agent-tests"
-    return Path(os.environ.get("EDGE_AGENT_TEST_CACHE", default))
+    return Path(os.environ.get("EDGE_TESTS_CACHE", default))
 
 
 def fetch_fall_model(cache: Path) -> Path | None:
@@ -123,7 +123,11 @@ class Daemon:
     """``python -m agent serve`` as a real process on a real port."""
 
     def __init__(
-        self, args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        program: Sequence[str] = ("-m", "agent"),
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -133,8 +137,7 @@ class Daemon:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "agent",
+                *program,
                 "serve",
                 "--host",
                 "127.0.0.1",

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TypeVar
 
 from aiohttp import web
 
 from agent.errors import BadRequestError, DrainingError
-from agent.health import check_liveness
+from agent.health import Liveness, check_liveness
 from agent.http import keys
 from agent.http.body import check_content_type, check_declared_length, read_image
 from agent.service import DetectResult
@@ -27,7 +28,9 @@ async def detect(request: web.Request) -> web.Response:
     iou = _query_number(request, "iou", float)
     max_det = _query_number(request, "max_det", int)
     deadline_s = _deadline(request)
-    camera = request.headers.get("X-Camera-Id", "")[:MAX_CAMERA_ID]
+    camera = "".join(c for c in request.headers.get("X-Camera-Id", "") if c.isprintable())[
+        :MAX_CAMERA_ID
+    ]
     # Everything that can refuse the request is checked before its body is read: an overloaded
     # node sheds a 300 KB frame without receiving it.
     if app[keys.LIFECYCLE].stopped:
@@ -85,11 +88,14 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready", "models": sorted(service.models)})
 
 
-async def livez(request: web.Request) -> web.Response:
-    app = request.app
-    state = check_liveness(
+def _liveness(app: web.Application) -> Liveness:
+    return check_liveness(
         app[keys.SETTINGS].health, app[keys.LOOP_MONITOR], app[keys.SERVICE].longest_run_s
     )
+
+
+async def livez(request: web.Request) -> web.Response:
+    state = _liveness(request.app)
     return web.json_response(state.as_dict(), status=200 if state.live else 503)
 
 
@@ -99,11 +105,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def v2_live(request: web.Request) -> web.Response:
-    state = check_liveness(
-        request.app[keys.SETTINGS].health,
-        request.app[keys.LOOP_MONITOR],
-        request.app[keys.SERVICE].longest_run_s,
-    )
+    state = _liveness(request.app)
     return web.json_response({"live": state.live}, status=200 if state.live else 503)
 
 
@@ -112,9 +114,10 @@ async def v2_ready(request: web.Request) -> web.Response:
     return web.json_response({"ready": ready}, status=200 if ready else 503)
 
 
-def _query_number(
-    request: web.Request, key: str, kind: type[float] | type[int]
-) -> float | int | None:
+Number = TypeVar("Number", int, float)
+
+
+def _query_number(request: web.Request, key: str, kind: type[Number]) -> Number | None:
     raw = request.query.get(key)
     if raw is None or raw == "":
         return None

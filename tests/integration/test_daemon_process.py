@@ -184,3 +184,53 @@ async def test_port_in_use_is_a_clear_error(daemon_factory, tmp_path):
     assert proc.returncode == 1
     assert "cannot listen" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# A wedged session (a GPU context that never answers, Triton issue 3627) cannot be produced on
+# this CPU machine: this launcher runs the real daemon with session runs after warm-up blocked.
+WEDGED_DAEMON = """
+import sys, threading
+from inference.yolo import YoloV8Detector
+real_infer = YoloV8Detector.infer
+runs = []
+def wedged_infer(self, blobs):
+    runs.append(len(blobs))
+    if len(runs) > 1:  # the warm-up run passes; every request's run hangs
+        threading.Event().wait()
+    return real_infer(self, blobs)
+YoloV8Detector.infer = wedged_infer
+from agent.cli import main
+sys.exit(main())
+"""
+
+
+async def test_a_wedged_inference_turns_livez_503_and_shutdown_still_exits(tmp_path):
+    from support import TINY_MODEL
+
+    d = Daemon(
+        ["--state-dir", str(tmp_path / "s"), "--model", f"tiny={TINY_MODEL}", "--max-batch", "1"],
+        env={"EDGE_AGENT_HEALTH__MAX_INFERENCE_S": "0.5", "EDGE_AGENT_DRAIN_TIMEOUT_S": "1"},
+        program=("-c", WEDGED_DAEMON),
+    )
+    try:
+        await d.wait_ready()
+        async with aiohttp.ClientSession() as http:
+            stuck = asyncio.create_task(
+                post_image(http, d.url + "/v1/models/tiny/detect", "coffee-600x400.jpg")
+            )
+            await asyncio.sleep(1.0)
+            async with http.get(d.url + "/livez") as resp:
+                assert resp.status == 503
+                body = await resp.json()
+            assert "inference running" in body["reasons"][0]
+            async with http.get(d.url + "/health") as resp:
+                assert resp.status == 200  # still ready: liveness, not readiness, restarts it
+            d.signal(signal.SIGTERM)
+            start = time.monotonic()
+            assert d.wait(timeout=30) == 1
+            assert time.monotonic() - start < 15
+            with pytest.raises(aiohttp.ClientError):
+                await stuck
+        assert "stopped with inference still running" in d.output
+    finally:
+        d.stop()

@@ -155,3 +155,16 @@ async def test_close_finishes_queued_work_then_refuses():
     assert [(await t)[0] for t in tasks] == [0, 10, 20, 30]
     with pytest.raises(DrainingError):
         b.reserve()
+
+
+async def test_close_does_not_wait_forever_for_a_wedged_run():
+    model = Model()
+    model.gate.clear()  # a session.run that never returns (a wedged GPU context)
+    b = make(model)
+    task = asyncio.create_task(submit(b, 1))
+    await asyncio.sleep(0.02)
+    start = time.monotonic()
+    assert await b.close(0.1) is False
+    assert time.monotonic() - start < 1.0
+    model.gate.set()  # let the thread end so the test process can exit
+    assert (await asyncio.wait_for(task, 1))[0] == 10

@@ -57,6 +57,7 @@ def test_cpu_session_reports_provider_threads_and_no_spinning():
     assert loaded.metadata["names"].startswith("{0: 'scratch'")
 
 
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider'")
 def test_silent_gpu_fallback_is_reported(monkeypatch):
     # No GPU here: pretend this build lists CUDA (as onnxruntime-gpu does on a GPU-less node).
     # ORT then falls back to CPU without raising; the session must say what really runs.
