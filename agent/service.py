@@ -25,7 +25,6 @@ from inference import (
     YoloV8Detector,
     file_digest,
 )
-from inference.errors import EdgeError
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +134,10 @@ class ModelService:
                 await asyncio.to_thread(det.warmup, 1)
                 if max_batch > 1:
                     await asyncio.to_thread(det.warmup, max_batch)
-        except (EdgeError, OSError) as exc:
+        except Exception as exc:  # any failure to load or warm up: this model is failed, not us
+            what = "warm-up failed" if served.state is ModelState.WARMING else "load failed"
             served.state = ModelState.FAILED
-            served.error = getattr(exc, "message", None) or str(exc)
+            served.error = getattr(exc, "message", None) or f"{what}: {exc}"
             log.error("model failed to load", extra={"model": cfg.name, "error": served.error})
             return
         served.digest = digest

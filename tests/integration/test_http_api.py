@@ -8,7 +8,7 @@ import zlib
 
 import aiohttp
 import pytest
-from support import image_bytes
+from support import TINY_MODEL, image_bytes
 
 JPEG = {"Content-Type": "image/jpeg"}
 
@@ -206,3 +206,49 @@ async def test_a_model_that_fails_to_load_keeps_the_daemon_up(
     )
     assert resp.status == 503
     assert resp.headers["Retry-After"] == "1"
+
+
+def _model_failing_at_run_time(path):
+    """A graph with a detector's interface whose Reshape can only fail when it runs."""
+    from onnx import TensorProto, helper, save
+
+    shape = helper.make_tensor("shape", TensorProto.INT64, [3], [1, 7, -1])
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["images", "shape"], ["output0"])],
+        "broken",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["b", 3, "h", "w"])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["b", 7, "n"])],
+        initializer=[shape],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    helper.set_model_props(model, {"imgsz": "[32, 32]"})
+    save(model, path)
+
+
+async def test_a_model_that_fails_its_warm_up_is_failed_not_fatal(
+    aiohttp_client, settings_factory, tmp_path
+):
+    from agent.http.app import create_app
+
+    broken = tmp_path / "broken.onnx"
+    _model_failing_at_run_time(broken)
+    settings = settings_factory(
+        models=[
+            {"name": "broken", "path": str(broken)},
+            {"name": "tiny", "path": str(TINY_MODEL)},
+        ]
+    )
+    client = await aiohttp_client(create_app(settings))
+    for _ in range(500):
+        models = {m["name"]: m for m in (await (await client.get("/v1/models")).json())["models"]}
+        if models["tiny"]["state"] == "ready":
+            break
+        await asyncio.sleep(0.01)
+    assert models["broken"]["state"] == "failed"
+    assert models["broken"]["error"].startswith("warm-up failed")
+    assert models["tiny"]["state"] == "ready"  # one bad model does not take the others down
+    assert (await client.get("/health")).status == 503
+    resp = await client.post(
+        "/v1/models/tiny/detect", data=image_bytes("coffee-600x400.jpg"), headers=JPEG
+    )
+    assert resp.status == 200
