@@ -221,6 +221,7 @@ def _model_failing_at_run_time(path):
         initializer=[shape],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # readable by every onnxruntime we support, new onnx writes newer
     helper.set_model_props(model, {"imgsz": "[32, 32]"})
     save(model, path)
 

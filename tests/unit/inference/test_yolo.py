@@ -87,6 +87,8 @@ def test_a_classifier_is_not_a_detector(tmp_path):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
     )
     path = tmp_path / "clf.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # readable by every onnxruntime we support
+    onnx.save(model, path)
     with pytest.raises(ModelLoadError):
         YoloV8Detector.load(path)
