@@ -55,6 +55,10 @@ def test_cpu_session_reports_provider_threads_and_no_spinning():
     assert loaded.intra_op_threads == 1
     assert loaded.digest == file_digest(TINY_MODEL)
     assert loaded.metadata["names"].startswith("{0: 'scratch'")
+    opts = loaded.session.get_session_options()
+    assert opts.intra_op_num_threads == 1
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert opts.get_session_config_entry("session.inter_op.allow_spinning") == "0"
 
 
 @pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider'")
