@@ -253,3 +253,34 @@ async def test_a_model_that_fails_its_warm_up_is_failed_not_fatal(
         "/v1/models/tiny/detect", data=image_bytes("coffee-600x400.jpg"), headers=JPEG
     )
     assert resp.status == 200
+
+
+NASTY = [
+    "nan",
+    "inf",
+    "-inf",
+    "1e309",
+    "-1",
+    "0x10",
+    "",
+    " ",
+    "1,5",
+    "%00",
+    "1e3",
+    "9" * 400,
+    "0.5\n",
+    "true",
+]
+
+
+@pytest.mark.parametrize("value", NASTY)
+async def test_nasty_parameters_are_4xx_or_served_never_5xx(client, value):
+    data = image_bytes("coffee-600x400.jpg")
+    for query in ("conf", "iou", "max_det"):
+        resp = await client.post(f"/v1/models/tiny/detect?{query}={value}", data=data, headers=JPEG)
+        assert resp.status in (200, 400), (query, value, resp.status)
+        assert "error" in await resp.json() or resp.status == 200
+    resp = await client.post(
+        "/v1/models/tiny/detect", data=data, headers={**JPEG, "X-Deadline-Ms": value.strip() or "x"}
+    )
+    assert resp.status in (200, 400, 504)
