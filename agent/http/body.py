@@ -12,7 +12,13 @@ IMAGE_TYPES = frozenset(
 _CHUNK = 64 * 1024
 
 
-def check_content_type(request: web.Request) -> None:
+def check_headers(request: web.Request, max_bytes: int) -> None:
+    """Refuse from the headers alone: before a byte of the body is read."""
+    _check_content_type(request)
+    _check_declared_length(request, max_bytes)
+
+
+def _check_content_type(request: web.Request) -> None:
     ctype = request.content_type
     if ctype not in IMAGE_TYPES and ctype != "multipart/form-data":
         raise UnsupportedMediaTypeError(
@@ -21,7 +27,7 @@ def check_content_type(request: web.Request) -> None:
         )
 
 
-def check_declared_length(request: web.Request, max_bytes: int) -> None:
+def _check_declared_length(request: web.Request, max_bytes: int) -> None:
     length = request.content_length
     if length is not None and length > max_bytes:
         raise PayloadTooLargeError(
@@ -31,9 +37,8 @@ def check_declared_length(request: web.Request, max_bytes: int) -> None:
 
 
 async def read_image(request: web.Request, max_bytes: int) -> bytes:
-    """The image bytes of a detect request; stops reading as soon as the limit is passed."""
-    check_content_type(request)
-    check_declared_length(request, max_bytes)
+    """The image bytes of a detect request (headers already passed :func:`check_headers`);
+    stops reading as soon as the limit is passed."""
     if request.content_type == "multipart/form-data":
         data = await _read_multipart(request, max_bytes)
     else:

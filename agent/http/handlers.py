@@ -11,7 +11,7 @@ from aiohttp import web
 from agent.errors import BadRequestError, DrainingError
 from agent.health import Liveness, check_liveness
 from agent.http import keys
-from agent.http.body import check_content_type, check_declared_length, read_image
+from agent.http.body import check_headers, read_image
 from agent.service import DetectResult
 
 log = logging.getLogger(__name__)
@@ -28,15 +28,12 @@ async def detect(request: web.Request) -> web.Response:
     iou = _query_number(request, "iou", float)
     max_det = _query_number(request, "max_det", int)
     deadline_s = _deadline(request)
-    camera = "".join(c for c in request.headers.get("X-Camera-Id", "") if c.isprintable())[
-        :MAX_CAMERA_ID
-    ]
+    camera = _camera_id(request)
     # Everything that can refuse the request is checked before its body is read: an overloaded
     # node sheds a 300 KB frame without receiving it.
     if app[keys.LIFECYCLE].stopped:
         raise DrainingError("shutting down")
-    check_content_type(request)
-    check_declared_length(request, settings.limits.max_body_bytes)
+    check_headers(request, settings.limits.max_body_bytes)
     service.check_admission(name)
     image = await read_image(request, settings.limits.max_body_bytes)
     result = await service.detect(
@@ -129,6 +126,12 @@ def _query_number(request: web.Request, key: str, kind: type[Number]) -> Number 
     if isinstance(value, float) and value != value:  # NaN
         raise BadRequestError(f"query parameter {key} must be a number", {key: raw})
     return value
+
+
+def _camera_id(request: web.Request) -> str:
+    """For logs: printable characters only (no forged log lines), bounded length."""
+    raw = request.headers.get("X-Camera-Id", "")
+    return "".join(c for c in raw if c.isprintable())[:MAX_CAMERA_ID]
 
 
 def _deadline(request: web.Request) -> float | None:

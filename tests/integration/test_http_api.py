@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 import zlib
 
@@ -284,3 +285,21 @@ async def test_nasty_parameters_are_4xx_or_served_never_5xx(client, value):
         "/v1/models/tiny/detect", data=data, headers={**JPEG, "X-Deadline-Ms": value.strip() or "x"}
     )
     assert resp.status in (200, 400, 504)
+
+
+async def test_request_lines_are_off_by_default_and_carry_no_frame_bytes(
+    client_factory, settings_factory, caplog
+):
+    caplog.set_level(logging.INFO, logger="agent")
+    quiet = await client_factory(settings_factory())
+    data = image_bytes("coffee-600x400.jpg")
+    await quiet.post("/v1/models/tiny/detect", data=data, headers={**JPEG, "X-Camera-Id": "c1"})
+    assert not [r for r in caplog.records if r.getMessage() == "detect"]
+    chatty = await client_factory(settings_factory(log_requests=True))
+    await chatty.post(
+        "/v1/models/tiny/detect", data=data, headers={**JPEG, "X-Camera-Id": "line-7\tcam"}
+    )
+    (line,) = [r for r in caplog.records if r.getMessage() == "detect"]
+    assert line.camera == "line-7cam"  # control characters dropped
+    assert line.model == "tiny"
+    assert all(len(str(v)) < 200 for v in vars(line).values())
