@@ -31,7 +31,9 @@ class SettingsError(EdgeError):
 @dataclass
 class BatchingSettings:
     max_batch: int = 4  # images per session.run; clamped to a static batch axis
-    max_delay_ms: float = 2.0  # how long the first queued image waits for company
+    # How long the first queued image waits for company. 0: batch only what is already queued
+    # (no per-frame gain from batching on CPU); raise it on GPUs, where batches pay.
+    max_delay_ms: float = 0.0
     # Admitted, not yet running; beyond: 503 at once. Each queued 640x640 frame holds a 4.9 MB
     # float32 blob, and on a CPU node 8 frames are already ~0.5 s of waiting.
     max_queue: int = 8

@@ -105,3 +105,29 @@ def test_bad_yaml_and_missing_file_are_clear(tmp_path):
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(SettingsError, match="mapping"):
         load_settings(listy, environ={})
+
+
+def test_the_readme_configuration_example_loads_and_matches_the_defaults(tmp_path):
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    block = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(block)
+    s = load_settings(cfg, environ={})
+    defaults = load_settings(environ={})
+    # Every documented value is the real default (the model list is only an example).
+    assert s.runtime == defaults.runtime
+    assert s.batching == defaults.batching
+    assert s.limits == defaults.limits
+    assert s.health == defaults.health
+    assert (s.host, s.port, s.log_level, s.log_format, s.log_requests) == (
+        defaults.host,
+        defaults.port,
+        defaults.log_level,
+        defaults.log_format,
+        defaults.log_requests,
+    )
+    assert (s.drain_grace_s, s.drain_timeout_s) == (
+        defaults.drain_grace_s,
+        defaults.drain_timeout_s,
+    )
+    assert s.models[0].name == "fall"
