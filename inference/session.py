@@ -63,10 +63,9 @@ def create_session(model: Path, config: SessionConfig, digest: str | None = None
     provider in use is read back from the session rather than assumed.
     """
     try:
-        data = model.read_bytes()
+        digest = digest or file_digest(model)
     except OSError as exc:
         raise ModelLoadError(f"cannot read model {model}: {exc.strerror}", str(model)) from exc
-    digest = digest or hashlib.sha256(data).hexdigest()
     known = default_providers()
     chain = resolve_chain(config.providers, ort.get_available_providers(), known)
     if not chain:
@@ -79,7 +78,7 @@ def create_session(model: Path, config: SessionConfig, digest: str | None = None
         cache_dir=config.cache_dir,
         device_id=config.device_id,
         fp16=config.trt_fp16,
-        int8=_want_int8(config.trt_int8, data),
+        int8=chain[0].name == "tensorrt" and _want_int8(config.trt_int8, model),
         gpu_name=_gpu_name(config.device_id) if chain[0].name != "cpu" else "",
     )
     if chain[0].name != "cpu":
@@ -133,14 +132,14 @@ def _preload_gpu_libraries() -> None:
         log.info("GPU library preload", extra={"output": out.getvalue().strip()[:2000]})
 
 
-def _want_int8(mode: str, data: bytes) -> bool:
+def _want_int8(mode: str, model: Path) -> bool:
     if mode == "on":
         return True
     if mode == "off":
         return False
     # A QDQ model carries QuantizeLinear nodes; their op_type is stored as plain bytes in the
     # protobuf, so a byte search finds them without importing the onnx package.
-    return b"QuantizeLinear" in data
+    return b"QuantizeLinear" in model.read_bytes()
 
 
 def _gpu_name(device_id: int) -> str:

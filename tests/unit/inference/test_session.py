@@ -85,3 +85,14 @@ def test_missing_or_garbage_model_is_a_load_error(tmp_path):
     junk.write_bytes(b"not a model")
     with pytest.raises(ModelLoadError, match="cannot load"):
         create_session(junk, SessionConfig())
+
+
+def test_int8_follows_qdq_nodes_in_auto_mode(tmp_path):
+    from inference.session import _want_int8
+
+    qdq = tmp_path / "qdq.onnx"
+    qdq.write_bytes(b"...QuantizeLinear...DequantizeLinear...")
+    assert _want_int8("auto", qdq) is True
+    assert _want_int8("auto", TINY_MODEL) is False
+    assert _want_int8("on", TINY_MODEL) is True
+    assert _want_int8("off", qdq) is False
