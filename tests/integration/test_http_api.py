@@ -303,3 +303,26 @@ async def test_request_lines_are_off_by_default_and_carry_no_frame_bytes(
     assert line.camera == "line-7cam"  # control characters dropped
     assert line.model == "tiny"
     assert all(len(str(v)) < 200 for v in vars(line).values())
+
+
+async def test_multipart_file_part_over_the_limit_is_413(client_factory, settings_factory):
+    client = await client_factory(settings_factory(**{"limits.max_body_bytes": 100_000}))
+    body = (
+        b"--edgeboundary\r\n"
+        b'Content-Disposition: form-data; name="file"; filename="f.jpg"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n"
+        + image_bytes("astronaut-1080p.jpg")  # 362 KB
+        + b"\r\n--edgeboundary--\r\n"
+    )
+
+    async def chunked():  # no Content-Length: the part reader itself must stop at the limit
+        for i in range(0, len(body), 32768):
+            yield body[i : i + 32768]
+
+    resp = await client.post(
+        "/v1/models/tiny/detect",
+        data=chunked(),
+        headers={"Content-Type": "multipart/form-data; boundary=edgeboundary"},
+    )
+    assert resp.status == 413
+    assert "file part is larger than the limit" in (await resp.json())["error"]
