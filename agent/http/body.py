@@ -15,7 +15,7 @@ _CHUNK = 64 * 1024
 def check_headers(request: web.Request, max_bytes: int) -> None:
     """Refuse from the headers alone: before a byte of the body is read."""
     _check_content_type(request)
-    _check_declared_length(request, max_bytes)
+    check_length(request, max_bytes)
 
 
 def _check_content_type(request: web.Request) -> None:
@@ -27,7 +27,8 @@ def _check_content_type(request: web.Request) -> None:
         )
 
 
-def _check_declared_length(request: web.Request, max_bytes: int) -> None:
+def check_length(request: web.Request, max_bytes: int) -> None:
+    """A declared Content-Length over the limit is refused before the body is read."""
     length = request.content_length
     if length is not None and length > max_bytes:
         raise PayloadTooLargeError(
@@ -45,6 +46,14 @@ async def read_image(request: web.Request, max_bytes: int) -> bytes:
         data = await _read_stream(request.content, max_bytes)
     if not data:
         raise BadRequestError("empty body: send the image bytes")
+    return data
+
+
+async def read_body(request: web.Request, max_bytes: int) -> bytes:
+    """The whole body, refused as soon as it passes ``max_bytes`` (chunked bodies too)."""
+    data = await _read_stream(request.content, max_bytes)
+    if not data:
+        raise BadRequestError("empty body")
     return data
 
 

@@ -25,6 +25,7 @@ from inference.errors import (
     InvalidImageError,
     UnsupportedImageFormatError,
 )
+from inference.tensor import TensorInputError
 from inference.yolo import InvalidThresholdError
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ STATUS: tuple[tuple[type[EdgeError], int], ...] = (
     (BadRequestError, 400),
     (InvalidThresholdError, 400),
     (InvalidImageError, 400),
+    (TensorInputError, 400),
     (ModelNotFoundError, 404),
     (PayloadTooLargeError, 413),
     (ImageTooLargeError, 413),

@@ -27,14 +27,14 @@ async def detect(request: web.Request) -> web.Response:
     conf = _query_number(request, "conf", float)
     iou = _query_number(request, "iou", float)
     max_det = _query_number(request, "max_det", int)
-    deadline_s = _deadline(request)
+    deadline_s = deadline_from(request)
     camera = _camera_id(request)
     # Everything that can refuse the request is checked before its body is read: an overloaded
     # node sheds a 300 KB frame without receiving it.
     if app[keys.LIFECYCLE].stopped:
         raise DrainingError("shutting down")
     check_headers(request, settings.limits.max_body_bytes)
-    service.check_admission(name)
+    service.check_admission(name, "yolov8")
     image = await read_image(request, settings.limits.max_body_bytes)
     result = await service.detect(
         name,
@@ -134,7 +134,8 @@ def _camera_id(request: web.Request) -> str:
     return "".join(c for c in raw if c.isprintable())[:MAX_CAMERA_ID]
 
 
-def _deadline(request: web.Request) -> float | None:
+def deadline_from(request: web.Request) -> float | None:
+    """The ``X-Deadline-Ms`` header in seconds, if the client set one."""
     raw = request.headers.get("X-Deadline-Ms")
     if raw is None:
         return None

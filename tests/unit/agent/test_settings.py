@@ -10,7 +10,17 @@ from agent.settings import SettingsError, default_state_dir, load_settings
 def test_defaults_work_with_nothing():
     s = load_settings(environ={})
     assert (s.host, s.port) == ("0.0.0.0", 8080)
-    assert s.models == []
+    # No model configured: the bundled ones, resolved from their sidecars.
+    assert [(m.name, m.bundled, m.kind, m.source) for m in s.models] == [
+        ("defects", "defects", "yolov8", "bundled"),
+        ("fusion", "fusion", "tensor", "bundled"),
+    ]
+    defects = s.models[0]
+    assert defects.path.name == "model.onnx"
+    assert defects.path.is_file()
+    assert defects.version == "1.0.0"
+    assert len(defects.sha256) == 64
+    assert defects.names == ["scratch", "dent", "hole", "stain"]
     assert s.runtime.providers == ["tensorrt", "cuda", "cpu"]
     assert s.runtime.allow_spinning is False
     assert s.state_dir == default_state_dir()
@@ -59,6 +69,17 @@ def test_per_model_batching_overrides_the_default():
     assert s.batching_for(s.models[1]).max_batch == s.batching.max_batch
 
 
+def test_a_bundled_model_under_another_name_with_overrides():
+    s = load_settings(
+        environ={}, overrides={"models": [{"name": "line3", "bundled": "defects", "conf": 0.5}]}
+    )
+    (m,) = s.models
+    assert (m.name, m.kind, m.conf, m.source, m.version) == (
+        "line3", "yolov8", 0.5, "bundled", "1.0.0"
+    )
+    assert load_settings(environ={}, overrides={"models": [m.__dict__ | {"batching": None}]})
+
+
 def test_lists_from_the_environment():
     s = load_settings(environ={"EDGE_AGENT_RUNTIME__PROVIDERS": "cuda,cpu"})
     assert s.runtime.providers == ["cuda", "cpu"]
@@ -81,6 +102,14 @@ def test_lists_from_the_environment():
         ),
         ({}, {"models": [{"name": "../etc", "path": "/a"}]}, ["models[0].name"]),
         ({}, {"models": [{"name": "a"}]}, ["models[0].path"]),
+        ({}, {"models": [{"name": "a", "bundled": "yolo"}]}, ["models[0].bundled", "defects"]),
+        (
+            {},
+            {"models": [{"name": "a", "bundled": "fusion", "path": "/x.onnx"}]},
+            ["models[0].path", "bundled"],
+        ),
+        ({}, {"models": [{"name": "a", "path": "/a", "kind": "lstm"}]}, ["models[0].kind"]),
+        ({}, {"models": [{"name": "a", "path": "/a", "sha256": "abc"}]}, ["models[0].sha256"]),
         ({}, {"models": [{"name": "a", "path": "/a", "colour": "red"}]}, ["models[0].colour"]),
         ({}, {"models": ["no-equals-sign"]}, ["models"]),
         ({}, {"runtime": 3}, ["runtime"]),
@@ -130,4 +159,10 @@ def test_the_readme_configuration_example_loads_and_matches_the_defaults(tmp_pat
         defaults.drain_grace_s,
         defaults.drain_timeout_s,
     )
-    assert s.models[0].name == "fall"
+    line3, fall = s.models
+    assert (line3.name, line3.source, line3.kind, line3.conf) == ("line3", "bundled", "yolov8", 0.4)
+    # The documented per-model values are the defaults too.
+    documented = {k: v for k, v in fall.__dict__.items() if k not in ("name", "path")}
+    plain = load_settings(environ={}, overrides={"models": [{"name": "x", "path": "/x"}]})
+    assert documented == {k: v for k, v in plain.models[0].__dict__.items()
+                          if k not in ("name", "path")}

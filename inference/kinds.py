@@ -1,0 +1,49 @@
+"""Model kinds: what a model file is and how to load it, as an explicit registry.
+
+Every kind loads into a :class:`Servable`, the one interface the daemon's batcher needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from inference.session import SessionConfig
+from inference.tensor import TensorModel
+from inference.yolo import YoloV8Detector
+
+
+class Servable(Protocol):
+    @property
+    def provider(self) -> str: ...
+
+    @property
+    def max_batch(self) -> int | None:
+        """The most items one ``infer`` call can take in one run; None: no limit."""
+        ...
+
+    def infer(self, batch: list[Any]) -> list[Any]: ...
+
+    def warmup(self, batch: int = 1) -> None: ...
+
+
+# path, session config, names override (detectors only), file digest
+Loader = Callable[[Path, SessionConfig, "dict[int, str] | None", str], Servable]
+
+
+def _load_yolov8(
+    path: Path, config: SessionConfig, names: dict[int, str] | None, digest: str
+) -> Servable:
+    return YoloV8Detector.load(path, config, names, digest)
+
+
+def _load_tensor(
+    path: Path, config: SessionConfig, names: dict[int, str] | None, digest: str
+) -> Servable:
+    return TensorModel.load(path, config, digest)
+
+
+def model_kinds() -> dict[str, Loader]:
+    """``kind`` (as in settings and sidecars) -> loader."""
+    return {"yolov8": _load_yolov8, "tensor": _load_tensor}
