@@ -82,6 +82,7 @@ class Batcher(Generic[In, Out]):
         max_batch: int,
         max_delay_s: float,
         max_queue: int,
+        on_depth: Callable[[int], None] | None = None,
     ) -> None:
         if not instances:
             raise ValueError("a batcher needs at least one instance")
@@ -96,6 +97,7 @@ class Batcher(Generic[In, Out]):
         for inst in instances:
             self._idle.put_nowait(inst)
         self._reserved = 0
+        self._on_depth = on_depth  # sees every new depth: a window maximum misses no spike
         self._closing = False
         self._runs: set[asyncio.Task[None]] = set()
         self._dispatcher = asyncio.create_task(self._dispatch(), name=f"batcher-{name}")
@@ -111,6 +113,8 @@ class Batcher(Generic[In, Out]):
     def reserve(self) -> Slot:
         self.check_room()
         self._reserved += 1
+        if self._on_depth is not None:
+            self._on_depth(self._reserved)
         return Slot(self)
 
     def check_room(self) -> None:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +53,7 @@ class ServedModel:
     digest: str = ""
     provider: str = ""
     error: str | None = None
+    validation_score: float | None = None  # on the golden set, measured on this node
     runner: Servable | None = None  # instance 0: the model's metadata
     batcher: Batcher[Any, Any] | None = None
     defaults: Thresholds = field(default_factory=Thresholds)
@@ -119,9 +122,15 @@ class DetectResult:
 
 
 class ModelService:
-    def __init__(self, settings: Settings, pre_pool: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pre_pool: ThreadPoolExecutor,
+        on_queue_depth: Callable[[str, int], None] | None = None,
+    ) -> None:
         self.settings = settings
         self._pre_pool = pre_pool
+        self._on_queue_depth = on_queue_depth
         self.clean_shutdown = True
         self.models: dict[str, ServedModel] = {
             m.name: ServedModel(m, source=m.source, defaults=Thresholds(m.conf, m.iou, m.max_det))
@@ -192,6 +201,9 @@ class ModelService:
             max_batch=max_batch,
             max_delay_s=batching.max_delay_ms / 1000,
             max_queue=batching.max_queue,
+            on_depth=(
+                functools.partial(self._on_queue_depth, cfg.name) if self._on_queue_depth else None
+            ),
         )
         served.state = ModelState.READY
         log.info(

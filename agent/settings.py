@@ -169,6 +169,17 @@ class HealthSettings:
 
 
 @dataclass
+class MetricsSettings:
+    window_s: float = 60.0  # sliding window of the quantiles, maxima and rates
+    max_cameras: int = 64  # distinct X-Camera-Id label values; beyond: camera="other"
+    accelerators: bool = True  # NVML / Jetson sysfs readings where they answer
+
+    def validate(self, where: str) -> None:
+        _check(1 <= self.window_s <= 3600, f"{where}.window_s", "must be in [1, 3600]")
+        _check(0 <= self.max_cameras <= 10000, f"{where}.max_cameras", "must be in 0..10000")
+
+
+@dataclass
 class Settings:
     host: str = "0.0.0.0"
     port: int = 8080
@@ -178,10 +189,14 @@ class Settings:
     log_requests: bool = False  # ten cameras at 30 fps are 300 lines a second
     drain_grace_s: float = 0.0  # after SIGTERM: keep serving with /health 503 this long
     drain_timeout_s: float = 30.0  # then wait this long for in-flight requests
+    # After loading, score models that have a golden set (the bundled ones) on this node:
+    # edge_model_validation_score. A few seconds of CPU at start-up.
+    validate_golden: bool = True
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     batching: BatchingSettings = field(default_factory=BatchingSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     models: list[ModelSettings] = field(default_factory=list)
 
     def validate(self) -> Settings:
@@ -200,6 +215,7 @@ class Settings:
         self.batching.validate("batching")
         self.limits.validate("limits")
         self.health.validate("health")
+        self.metrics.validate("metrics")
         seen: set[str] = set()
         for i, model in enumerate(self.models):
             model.validate(f"models[{i}]")

@@ -46,6 +46,16 @@ def require(ok: bool, what: str) -> None:
     pytest.skip(f"{what} is missing")
 
 
+def promtool_check(text: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """``promtool check metrics`` (or another promtool command) on ``text``: the real tool."""
+    tool = shutil.which("promtool")
+    require(tool is not None, "promtool (apt-get install prometheus)")
+    assert tool is not None
+    return subprocess.run(
+        [tool, *(args or ("check", "metrics"))], input=text, capture_output=True, timeout=60
+    )
+
+
 def cache_dir() -> Path:
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edge-agent-tests"
     return Path(os.environ.get("EDGE_TESTS_CACHE", default))

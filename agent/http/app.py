@@ -10,28 +10,34 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from agent.health import LoopMonitor
-from agent.http import handlers, keys, v2
+from agent.http import handlers, keys, metrics, v2
 from agent.http.errors import error_middleware
 from agent.lifecycle import Lifecycle, signal_ctx
+from agent.metrics.accelerators import open_probes
+from agent.metrics.recorder import Recorder
 from agent.service import ModelService
 from agent.settings import Settings
+from agent.validation import validate_all
 from inference.cpu import usable_cores
 
 
 def create_app(settings: Settings, *, handle_signals: bool = False) -> web.Application:
     """Build the daemon's app. ``handle_signals``: install the graceful SIGTERM/SIGINT drain
     (pass ``handle_signals=False`` to ``web.run_app`` then)."""
-    app = web.Application(middlewares=[error_middleware])
+    app = web.Application(middlewares=[metrics.metrics_middleware, error_middleware])
     app[keys.SETTINGS] = settings
     app[keys.LIFECYCLE] = Lifecycle()
     app.cleanup_ctx.append(_pre_pool_ctx)
     app.cleanup_ctx.append(_loop_monitor_ctx)
+    app.cleanup_ctx.append(_metrics_ctx)
     app.cleanup_ctx.append(_service_ctx)
     if handle_signals:
         app.cleanup_ctx.append(signal_ctx(app[keys.LIFECYCLE], settings.drain_grace_s))
     app.router.add_post("/v1/models/{name}/detect", handlers.detect)
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_get("/health", handlers.health)
+    app.router.add_get("/metrics/summary", metrics.summary)
+    app.router.add_get("/metrics", metrics.full)
     app.router.add_get("/livez", handlers.livez)
     app.router.add_get("/v2/health/live", handlers.v2_live)
     app.router.add_get("/v2/health/ready", handlers.v2_ready)
@@ -59,12 +65,32 @@ async def _loop_monitor_ctx(app: web.Application) -> AsyncIterator[None]:
     await monitor.stop()
 
 
+async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    app[keys.RECORDER] = Recorder(
+        [m.name for m in settings.models],
+        window_s=settings.metrics.window_s,
+        max_cameras=settings.metrics.max_cameras,
+    )
+    probes = await asyncio.to_thread(open_probes) if settings.metrics.accelerators else []
+    app[keys.ACCELERATORS] = probes
+    yield
+
+
+async def _load_and_validate(service: ModelService) -> None:
+    await service.load_all()
+    if service.settings.validate_golden:
+        await validate_all(service)
+
+
 async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
-    service = ModelService(settings, app[keys.PRE_POOL])
+    service = ModelService(
+        settings, app[keys.PRE_POOL], on_queue_depth=app[keys.RECORDER].observe_queue
+    )
     app[keys.SERVICE] = service
     # Load in the background: the port answers at once and /health says what it waits for.
-    loading = asyncio.create_task(service.load_all(), name="load-models")
+    loading = asyncio.create_task(_load_and_validate(service), name="load-models")
     yield
     app[keys.LIFECYCLE].begin_drain("shutdown")
     loading.cancel()

@@ -19,6 +19,7 @@ from agent.errors import (
     QueueFullError,
     UnsupportedMediaTypeError,
 )
+from agent.http import keys
 from inference.errors import (
     EdgeError,
     ImageTooLargeError,
@@ -30,30 +31,31 @@ from inference.yolo import InvalidThresholdError
 
 log = logging.getLogger(__name__)
 
-# Checked in order: the first matching class decides the status.
-STATUS: tuple[tuple[type[EdgeError], int], ...] = (
-    (BadRequestError, 400),
-    (InvalidThresholdError, 400),
-    (InvalidImageError, 400),
-    (TensorInputError, 400),
-    (ModelNotFoundError, 404),
-    (PayloadTooLargeError, 413),
-    (ImageTooLargeError, 413),
-    (UnsupportedMediaTypeError, 415),
-    (UnsupportedImageFormatError, 415),
-    (ModelNotReadyError, 503),
-    (QueueFullError, 503),
-    (DrainingError, 503),
-    (DeadlineExceededError, 504),
-    (InferenceFailedError, 500),
+# Checked in order: the first matching class decides the status and the rejection reason
+# (the ``reason`` label of ``edge_requests_rejected_total``).
+STATUS: tuple[tuple[type[EdgeError], int, str], ...] = (
+    (BadRequestError, 400, "bad_request"),
+    (InvalidThresholdError, 400, "bad_request"),
+    (InvalidImageError, 400, "bad_image"),
+    (TensorInputError, 400, "bad_tensor"),
+    (ModelNotFoundError, 404, "not_found"),
+    (PayloadTooLargeError, 413, "too_large"),
+    (ImageTooLargeError, 413, "too_large"),
+    (UnsupportedMediaTypeError, 415, "unsupported_media_type"),
+    (UnsupportedImageFormatError, 415, "unsupported_media_type"),
+    (ModelNotReadyError, 503, "not_ready"),
+    (QueueFullError, 503, "queue_full"),
+    (DrainingError, 503, "draining"),
+    (DeadlineExceededError, 504, "deadline"),
+    (InferenceFailedError, 500, "inference_failed"),
 )
 
 
-def status_for(exc: EdgeError) -> int:
-    for cls, status in STATUS:
+def status_for(exc: EdgeError) -> tuple[int, str]:
+    for cls, status, reason in STATUS:
         if isinstance(exc, cls):
-            return status
-    return 500
+            return status, reason
+    return 500, "internal"
 
 
 def error_response(
@@ -75,7 +77,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except EdgeError as exc:
-        status = status_for(exc)
+        status, reason = status_for(exc)
+        request[keys.REJECTION] = reason
         headers = _retry_after(exc) if status == 503 else None
         if status >= 500:
             log.warning(
@@ -94,5 +97,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")},
         )
     except Exception:
+        request[keys.REJECTION] = "internal"
         log.exception("unhandled error", extra={"path": request.path})
         return error_response(500, "internal error")

@@ -24,11 +24,12 @@ async def detect(request: web.Request) -> web.Response:
     app = request.app
     settings, service = app[keys.SETTINGS], app[keys.SERVICE]
     name = request.match_info["name"]
+    request[keys.MODEL] = name
+    camera = request[keys.CAMERA] = camera_id(request)
     conf = _query_number(request, "conf", float)
     iou = _query_number(request, "iou", float)
     max_det = _query_number(request, "max_det", int)
     deadline_s = deadline_from(request)
-    camera = _camera_id(request)
     # Everything that can refuse the request is checked before its body is read: an overloaded
     # node sheds a 300 KB frame without receiving it.
     if app[keys.LIFECYCLE].stopped:
@@ -45,6 +46,7 @@ async def detect(request: web.Request) -> web.Response:
         deadline_s=deadline_s,
         received_at=received_at,
     )
+    request[keys.TIMING] = result.timing_s
     if settings.log_requests:
         log.info(
             "detect",
@@ -128,7 +130,7 @@ def _query_number(request: web.Request, key: str, kind: type[Number]) -> Number 
     return value
 
 
-def _camera_id(request: web.Request) -> str:
+def camera_id(request: web.Request) -> str:
     """For logs: printable characters only (no forged log lines), bounded length."""
     raw = request.headers.get("X-Camera-Id", "")
     return "".join(c for c in raw if c.isprintable())[:MAX_CAMERA_ID]

@@ -8,6 +8,8 @@ from aiohttp import web
 
 from agent.health import LoopMonitor
 from agent.lifecycle import Lifecycle
+from agent.metrics.accelerators import AcceleratorProbe
+from agent.metrics.recorder import Recorder
 from agent.service import ModelService
 from agent.settings import Settings
 
@@ -16,3 +18,11 @@ PRE_POOL = web.AppKey("pre_pool", ThreadPoolExecutor)
 SERVICE = web.AppKey("service", ModelService)
 LOOP_MONITOR = web.AppKey("loop_monitor", LoopMonitor)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+RECORDER = web.AppKey("recorder", Recorder)
+ACCELERATORS = web.AppKey("accelerators", list[AcceleratorProbe])
+
+# Per request, for the metrics middleware: set by the model handlers and the error middleware.
+MODEL = web.RequestKey("model", str)
+TIMING = web.RequestKey("timing_s", dict[str, float])
+CAMERA = web.RequestKey("camera", str)
+REJECTION = web.RequestKey("rejection_reason", str)

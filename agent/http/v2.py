@@ -11,7 +11,7 @@ from agent import __version__
 from agent.errors import DrainingError, ModelNotFoundError
 from agent.http import keys
 from agent.http.body import check_length, read_body
-from agent.http.handlers import deadline_from
+from agent.http.handlers import camera_id, deadline_from
 from agent.http.oip import (
     HEADER_LENGTH,
     encode_infer_response,
@@ -72,6 +72,8 @@ async def infer(request: web.Request) -> web.Response:
     settings, service = app[keys.SETTINGS], app[keys.SERVICE]
     if app[keys.LIFECYCLE].stopped:
         raise DrainingError("shutting down")
+    request[keys.MODEL] = request.match_info["name"]
+    request[keys.CAMERA] = camera_id(request)
     served = _served(request)
     name = served.settings.name
     deadline_s = deadline_from(request)
@@ -88,6 +90,7 @@ async def infer(request: web.Request) -> web.Response:
     result = await service.infer(
         name, parsed.inputs, deadline_s=deadline_s, received_at=received_at
     )
+    request[keys.TIMING] = result.timing_s
     timing = {f"{k}_ms": round(v * 1000, 3) for k, v in result.timing_s.items()}
     payload, header_length = encode_infer_response(
         name, served.version, parsed.id, result.outputs, wanted, specs, timing

@@ -1,0 +1,60 @@
+"""``/metrics/summary``, ``/metrics``, and the middleware that records every model request."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from agent.http import keys
+from agent.http.errors import Handler
+from agent.metrics.accelerators import read_all
+from agent.metrics.exposition import ModelState, Snapshot, render_full, render_summary
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: sees the final status of every model request, errors included."""
+    response = await handler(request)
+    model = request.get(keys.MODEL)
+    if model is not None:
+        recorder = request.app[keys.RECORDER]
+        recorder.observe_request(
+            model, response.status, request.get(keys.TIMING), request.get(keys.CAMERA, "")
+        )
+        reason = request.get(keys.REJECTION)
+        if reason is not None:
+            recorder.observe_rejection(model, reason)
+    return response
+
+
+async def _snapshot(app: web.Application) -> Snapshot:
+    service, lifecycle = app[keys.SERVICE], app[keys.LIFECYCLE]
+    models = [
+        ModelState(
+            name=name,
+            version=m.version,
+            digest=f"sha256:{m.digest}" if m.digest else "",
+            provider=m.provider,
+            queue_depth=m.batcher.depth if m.batcher is not None else 0,
+            validation_score=m.validation_score,
+        )
+        for name, m in service.models.items()
+    ]
+    probes = app[keys.ACCELERATORS]
+    # NVML calls are quick but are system calls into a driver: off the event loop.
+    readings = await asyncio.to_thread(read_all, probes) if probes else []
+    return Snapshot(service.ready() and not lifecycle.draining, models, readings)
+
+
+async def summary(request: web.Request) -> web.Response:
+    snap = await _snapshot(request.app)
+    body = render_summary(request.app[keys.RECORDER], snap)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def full(request: web.Request) -> web.Response:
+    snap = await _snapshot(request.app)
+    body = render_full(request.app[keys.RECORDER], snap)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,73 @@
+"""Score each model that has a golden set on this node, through the serving pipeline itself.
+
+Runs once the models are ready, in the background, one golden sample at a time so live traffic
+interleaves with it. The score is what ``edge_model_validation_score`` reports: on a node, not
+at training time, so a wrong provider, a corrupt engine or a bad preprocessing build shows up as
+a lower number. (Gating readiness and rollouts on it is the model lifecycle's job.)
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from agent.service import ModelService, ServedModel
+from inference.bundled import BUNDLE_ROOT, Bundle, read_bundle
+from inference.evaluation import ScoredBox, accuracy, mean_average_precision
+from inference.golden import load_detection_golden, load_tensor_golden
+from inference.tensor import NUMPY_DTYPES
+
+log = logging.getLogger(__name__)
+TENSOR_CHUNK = 32  # golden windows per infer call
+
+
+def golden_bundle(served: ServedModel) -> Bundle | None:
+    """The bundle whose golden set scores this model, if it has one."""
+    if not served.settings.bundled:
+        return None
+    return read_bundle(BUNDLE_ROOT / served.settings.bundled)
+
+
+async def validate_all(service: ModelService) -> None:
+    for served in service.models.values():
+        if served.batcher is None:
+            continue
+        try:
+            bundle = golden_bundle(served)
+            if bundle is None:
+                continue
+            score = await _score(service, served, bundle)
+        except Exception as exc:  # a failed self-test is reported, it does not stop serving
+            log.warning("golden-set validation failed",
+                        extra={"model": served.settings.name, "error": str(exc)})
+            continue
+        served.validation_score = score
+        log.info(
+            "golden-set score",
+            extra={"model": served.settings.name, "score": round(score, 4),
+                   "recorded": bundle.golden_score},
+        )
+
+
+async def _score(service: ModelService, served: ServedModel, bundle: Bundle) -> float:
+    name = served.settings.name
+    if served.tensor is not None:
+        dtypes = {s.name: NUMPY_DTYPES[s.datatype] for s in served.tensor.inputs}
+        golden = load_tensor_golden(bundle.golden_path, dtypes)
+        predicted = []
+        for start in range(0, len(golden.labels), TENSOR_CHUNK):
+            chunk = {k: v[start : start + TENSOR_CHUNK] for k, v in golden.inputs.items()}
+            answer = await service.infer(name, chunk)
+            first_output = served.tensor.outputs[0].name
+            predicted.append(answer.outputs[first_output].argmax(axis=1))
+        return accuracy(golden.labels, np.concatenate(predicted))
+    scoring = bundle.sidecar["golden"].get("scoring", {})
+    frames = load_detection_golden(bundle.golden_path)
+    predictions = []
+    for frame in frames:
+        result = await service.detect(
+            name, frame.data, conf=scoring.get("conf"), iou=scoring.get("iou")
+        )
+        predictions.append([ScoredBox(d.class_id, d.score, d.box) for d in result.detections])
+    return mean_average_precision([f.truths for f in frames], predictions).map
