@@ -103,6 +103,8 @@ class Batcher(Generic[In, Out]):
         self._dispatcher = asyncio.create_task(self._dispatch(), name=f"batcher-{name}")
         self.failed_batches = 0
         self.expired = 0
+        # When a batch last came back from the model: the proof, for liveness, that it answers.
+        self.last_completed_at = time.monotonic()
 
     # -- admission -------------------------------------------------------------------------
     @property
@@ -226,7 +228,8 @@ class Batcher(Generic[In, Out]):
                         )
                     )
         else:
-            ran = time.monotonic() - started
+            self.last_completed_at = time.monotonic()
+            ran = self.last_completed_at - started
             for item, out in zip(batch, outputs, strict=True):
                 if not item.future.done():
                     item.future.set_result(

@@ -12,6 +12,7 @@ from typing import Any
 
 from agent import __version__
 from agent.settings import Settings, SettingsError, load_settings, parse_model_spec
+from inference.errors import EdgeError
 
 log = logging.getLogger("agent")
 
@@ -115,6 +116,9 @@ def serve(settings: Settings) -> int:
         log.error(
             "cannot listen", extra={"host": settings.host, "port": settings.port, "error": str(exc)}
         )
+        return 1
+    except EdgeError as exc:  # a resource the settings ask for is not there (watchdog device)
+        log.error("cannot start", extra={"error": exc.message})
         return 1
     if not app[keys.SERVICE].clean_shutdown:
         # A wedged session's thread can never be joined: exiting normally would hang forever

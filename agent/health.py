@@ -1,7 +1,7 @@
-"""Liveness: is the event loop turning, and is no inference stuck?
+"""Liveness: is the event loop turning, is no inference stuck, does every model still answer?
 
 The event-loop probe is a task that sleeps a fixed interval and records when it woke; a blocked
-loop stops those ticks. ``/livez`` and (later) the watchdog read the same predicate.
+loop stops those ticks. ``/livez`` and the watchdogs read the same predicate.
 """
 
 from __future__ import annotations
@@ -65,11 +65,17 @@ class LoopMonitor:
 
 
 def check_liveness(
-    settings: HealthSettings, monitor: LoopMonitor, longest_run_s: Callable[[], float]
+    settings: HealthSettings,
+    monitor: LoopMonitor,
+    longest_run_s: Callable[[], float],
+    silent_models: Callable[[float], dict[str, float]],
 ) -> Liveness:
+    """The one health predicate: ``/livez``, systemd's watchdog and the hardware watchdog."""
     lag = monitor.lag_s()
     running = longest_run_s()
     reasons = []
+    for name, silent_s in silent_models(settings.max_silence_s).items():
+        reasons.append(f"model {name}: no inference came back for {silent_s:.1f}s")
     if lag > settings.max_loop_lag_s:
         reasons.append(f"event loop lag {lag:.3f}s > {settings.max_loop_lag_s}s")
     if running > settings.max_inference_s:

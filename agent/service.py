@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 
 from agent.batcher import Batcher, Instance, RunTiming
-from agent.errors import BadRequestError, ModelNotFoundError, ModelNotReadyError
+from agent.errors import (
+    BadRequestError,
+    DrainingError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    QueueFullError,
+)
 from agent.settings import ModelSettings, Settings
 from inference import (
     Detection,
@@ -231,6 +237,32 @@ class ModelService:
 
     def not_ready(self) -> dict[str, str]:
         return {n: m.state.value for n, m in self.models.items() if m.state is not ModelState.READY}
+
+    def silent_models(self, max_silence_s: float) -> dict[str, float]:
+        """Ready models whose last batch came back more than ``max_silence_s`` ago."""
+        now = time.monotonic()
+        out = {}
+        for name, m in self.models.items():
+            if m.batcher is not None and now - m.batcher.last_completed_at > max_silence_s:
+                out[name] = now - m.batcher.last_completed_at
+        return out
+
+    async def self_test(self, name: str) -> bool:
+        """One synthetic input through the model's queue and thread, like a request.
+
+        False when the queue is full (real batches are proof enough) or draining."""
+        served = self.get(name)
+        if served.batcher is None or served.runner is None:
+            return False
+        try:
+            slot = served.batcher.reserve()
+        except (QueueFullError, DrainingError):
+            return False
+        try:
+            await served.batcher.submit(slot, served.runner.sample_input())
+        finally:
+            slot.release()
+        return True
 
     def longest_run_s(self) -> float:
         now = time.monotonic()

@@ -161,11 +161,37 @@ class HealthSettings:
     max_loop_lag_s: float = 2.0  # event loop blocked longer: not live
     max_inference_s: float = 30.0  # one session.run longer: stuck, not live
     loop_probe_interval_s: float = 0.5
+    # A model with no batch back for this long gets a self-test inference through its queue...
+    selftest_interval_s: float = 10.0
+    # ...and a ready model with none back for this long is not live (a wedged GPU answers nothing).
+    max_silence_s: float = 60.0
 
     def validate(self, where: str) -> None:
+        _check(self.selftest_interval_s > 0, f"{where}.selftest_interval_s", "must be > 0")
+        _check(
+            self.max_silence_s > self.selftest_interval_s,
+            f"{where}.max_silence_s",
+            "must be > selftest_interval_s",
+        )
         _check(self.max_loop_lag_s > 0, f"{where}.max_loop_lag_s", "must be > 0")
         _check(self.max_inference_s > 0, f"{where}.max_inference_s", "must be > 0")
         _check(self.loop_probe_interval_s > 0, f"{where}.loop_probe_interval_s", "must be > 0")
+
+
+@dataclass
+class WatchdogSettings:
+    # A /dev/watchdog-style device to feed while healthy; empty: no hardware watchdog.
+    device: str = ""
+    timeout_s: int = 60  # asked of the device (WDIOC_SETTIMEOUT, where the driver allows)
+    # How often health is checked and the watchdogs fed; systemd's WATCHDOG_USEC/2 if shorter.
+    interval_s: float = 5.0
+    extend_timeout_s: float = 120.0  # EXTEND_TIMEOUT_USEC, repeated while models load
+
+    def validate(self, where: str) -> None:
+        _check(1 <= self.timeout_s <= 3600, f"{where}.timeout_s", "must be in 1..3600")
+        _check(0 < self.interval_s < self.timeout_s, f"{where}.interval_s",
+               "must be > 0 and < timeout_s")
+        _check(self.extend_timeout_s > 0, f"{where}.extend_timeout_s", "must be > 0")
 
 
 @dataclass
@@ -197,6 +223,7 @@ class Settings:
     limits: LimitSettings = field(default_factory=LimitSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
     models: list[ModelSettings] = field(default_factory=list)
 
     def validate(self) -> Settings:
@@ -216,6 +243,7 @@ class Settings:
         self.limits.validate("limits")
         self.health.validate("health")
         self.metrics.validate("metrics")
+        self.watchdog.validate("watchdog")
         seen: set[str] = set()
         for i, model in enumerate(self.models):
             model.validate(f"models[{i}]")

@@ -25,6 +25,10 @@ class Servable(Protocol):
 
     def infer(self, batch: list[Any]) -> list[Any]: ...
 
+    def sample_input(self) -> Any:
+        """One valid item for :meth:`infer` (a self-test input)."""
+        ...
+
     def warmup(self, batch: int = 1) -> None: ...
 
 

@@ -175,16 +175,19 @@ class TensorModel:
         results.extend(self._run_group(group))
         return results
 
-    def warmup(self, batch: int = 1) -> None:
-        """One run on zeros, so the first request does not pay for lazy initialisation."""
-        request = {
+    def sample_input(self, batch: int = 1) -> Tensors:
+        """Zeros of the model's input shapes (open axes 1, the batch axis ``batch``)."""
+        return {
             s.name: np.zeros(
                 [batch if i == 0 and self.batched else max(d, 1) for i, d in enumerate(s.shape)],
                 NUMPY_DTYPES[s.datatype],
             )
             for s in self.inputs
         }
-        self.infer([request])
+
+    def warmup(self, batch: int = 1) -> None:
+        """One run on zeros, so the first request does not pay for lazy initialisation."""
+        self.infer([self.sample_input(batch)])
 
     def _run_group(self, group: list[Tensors]) -> list[Tensors]:
         if len(group) == 1:

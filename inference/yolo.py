@@ -156,11 +156,13 @@ class YoloV8Detector:
         prepared = self.preprocess(image, max_pixels)
         return self.postprocess(self.infer([prepared.blob])[0], prepared, thresholds)
 
+    def sample_input(self) -> np.ndarray:
+        """A grey letterbox-coloured frame's blob: one item for :meth:`infer`."""
+        return np.full((1, 3, self.spec.input_h, self.spec.input_w), 114 / 255, np.float32)
+
     def warmup(self, batch: int = 1) -> None:
         """Run once on a grey frame so the first request does not pay for lazy initialisation."""
-        h, w = self.spec.input_h, self.spec.input_w
-        blob = np.full((1, 3, h, w), 114 / 255, np.float32)
-        self.infer([blob] * batch)
+        self.infer([self.sample_input()] * batch)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         return self.loaded.session.run([self._output_name], {self.spec.input_name: batch})[0]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from aiohttp import web
 
-from agent.health import LoopMonitor
+from agent.health import Liveness, LoopMonitor
 from agent.http import handlers, keys, metrics, v2
 from agent.http.errors import error_middleware
 from agent.lifecycle import Lifecycle, signal_ctx
@@ -18,6 +20,9 @@ from agent.metrics.recorder import Recorder
 from agent.service import ModelService
 from agent.settings import Settings
 from agent.validation import validate_all
+from agent.watchdog.hardware import HardwareWatchdog
+from agent.watchdog.selftest import SelfTests
+from agent.watchdog.supervisor import State, Supervisor, systemd_watchdog_period
 from inference.cpu import usable_cores
 
 
@@ -30,7 +35,10 @@ def create_app(settings: Settings, *, handle_signals: bool = False) -> web.Appli
     app.cleanup_ctx.append(_pre_pool_ctx)
     app.cleanup_ctx.append(_loop_monitor_ctx)
     app.cleanup_ctx.append(_metrics_ctx)
+    # Before the service: cleaned up after it, so the watchdogs are fed through the drain.
+    app.cleanup_ctx.append(_supervisor_ctx)
     app.cleanup_ctx.append(_service_ctx)
+    app.cleanup_ctx.append(_self_tests_ctx)
     if handle_signals:
         app.cleanup_ctx.append(signal_ctx(app[keys.LIFECYCLE], settings.drain_grace_s))
     app.router.add_post("/v1/models/{name}/detect", handlers.detect)
@@ -75,6 +83,49 @@ async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
     probes = await asyncio.to_thread(open_probes) if settings.metrics.accelerators else []
     app[keys.ACCELERATORS] = probes
     yield
+
+
+def _state(app: web.Application) -> State:
+    service = app.get(keys.SERVICE)
+    if service is None:
+        return State(False, "starting")
+    if app[keys.LIFECYCLE].draining:
+        return State(service.ready(), "draining: finishing in-flight requests", stopping=True)
+    if service.ready():
+        return State(True, f"serving {', '.join(sorted(service.models))}")
+    waiting = ", ".join(f"{n} {s}" for n, s in sorted(service.not_ready().items()))
+    return State(False, f"loading: {waiting}")
+
+
+def _live(app: web.Application) -> Liveness:
+    if keys.SERVICE not in app:
+        return Liveness(True, 0.0, 0.0, ())
+    return handlers.liveness_of(app)
+
+
+async def _supervisor_ctx(app: web.Application) -> AsyncIterator[None]:
+    cfg = app[keys.SETTINGS].watchdog
+    systemd_period = systemd_watchdog_period(os.environ)
+    tick = min(cfg.interval_s, systemd_period or cfg.interval_s)
+    hardware = HardwareWatchdog(Path(cfg.device), cfg.timeout_s) if cfg.device else None
+    supervisor = Supervisor(
+        lambda: _live(app),
+        lambda: _state(app),
+        tick_s=tick,
+        extend_timeout_s=cfg.extend_timeout_s,
+        hardware=hardware,
+    )
+    app[keys.SUPERVISOR] = supervisor
+    supervisor.start()
+    yield
+    await supervisor.stop(clean=app[keys.SERVICE].clean_shutdown if keys.SERVICE in app else True)
+
+
+async def _self_tests_ctx(app: web.Application) -> AsyncIterator[None]:
+    tests = SelfTests(app[keys.SERVICE], app[keys.SETTINGS].health.selftest_interval_s)
+    tests.start()
+    yield
+    await tests.stop()
 
 
 async def _load_and_validate(service: ModelService) -> None:

@@ -87,14 +87,19 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready", "models": sorted(service.models)})
 
 
-def _liveness(app: web.Application) -> Liveness:
+def liveness_of(app: web.Application) -> Liveness:
+    """The health predicate for this app (also what the watchdogs are fed on)."""
+    service = app[keys.SERVICE]
     return check_liveness(
-        app[keys.SETTINGS].health, app[keys.LOOP_MONITOR], app[keys.SERVICE].longest_run_s
+        app[keys.SETTINGS].health,
+        app[keys.LOOP_MONITOR],
+        service.longest_run_s,
+        service.silent_models,
     )
 
 
 async def livez(request: web.Request) -> web.Response:
-    state = _liveness(request.app)
+    state = liveness_of(request.app)
     return web.json_response(state.as_dict(), status=200 if state.live else 503)
 
 
@@ -104,7 +109,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def v2_live(request: web.Request) -> web.Response:
-    state = _liveness(request.app)
+    state = liveness_of(request.app)
     return web.json_response({"live": state.live}, status=200 if state.live else 503)
 
 

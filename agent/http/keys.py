@@ -12,6 +12,7 @@ from agent.metrics.accelerators import AcceleratorProbe
 from agent.metrics.recorder import Recorder
 from agent.service import ModelService
 from agent.settings import Settings
+from agent.watchdog.supervisor import Supervisor
 
 SETTINGS = web.AppKey("settings", Settings)
 PRE_POOL = web.AppKey("pre_pool", ThreadPoolExecutor)
@@ -19,6 +20,7 @@ SERVICE = web.AppKey("service", ModelService)
 LOOP_MONITOR = web.AppKey("loop_monitor", LoopMonitor)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 RECORDER = web.AppKey("recorder", Recorder)
+SUPERVISOR = web.AppKey("supervisor", Supervisor)
 ACCELERATORS = web.AppKey("accelerators", list[AcceleratorProbe])
 
 # Per request, for the metrics middleware: set by the model handlers and the error middleware.

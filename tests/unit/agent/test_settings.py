@@ -149,6 +149,7 @@ def test_the_readme_configuration_example_loads_and_matches_the_defaults(tmp_pat
     assert s.limits == defaults.limits
     assert s.health == defaults.health
     assert s.metrics == defaults.metrics
+    assert s.watchdog == defaults.watchdog
     assert s.validate_golden == defaults.validate_golden
     assert (s.host, s.port, s.log_level, s.log_format, s.log_requests) == (
         defaults.host,

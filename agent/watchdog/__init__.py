@@ -1,0 +1,1 @@
+"""Supervision: systemd's notify protocol, the hardware watchdog, the self-test inference."""
