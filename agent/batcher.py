@@ -247,7 +247,10 @@ class Batcher(Generic[In, Out]):
         cannot be interrupted, so the caller should not wait for it at exit."""
         self._closing = True
         end = time.monotonic() + timeout
-        while (self._items or self._runs) and (remaining := end - time.monotonic()) > 0:
+        # Reserved slots too: a request still pre-processing will submit in a moment.
+        while (self._items or self._runs or self._reserved) and (
+            remaining := end - time.monotonic()
+        ) > 0:
             if self._runs:
                 await asyncio.wait(set(self._runs), timeout=remaining)
             else:  # queued items: the dispatcher is about to start them

@@ -43,3 +43,15 @@ class UnsupportedMediaTypeError(EdgeError):
 
 class InferenceFailedError(EdgeError):
     """The model run itself raised: the batch failed, the daemon carries on."""
+
+
+class AdminDisabledError(EdgeError):
+    """Admin endpoints are off (no token configured): they do not exist."""
+
+
+class UnauthorizedError(EdgeError):
+    """Missing or wrong bearer token."""
+
+
+class ConflictError(EdgeError):
+    """The request cannot be done in the daemon's current configuration."""

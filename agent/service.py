@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.batcher import Batcher, Instance, RunTiming
+from agent.batcher import Batcher, RunTiming
 from agent.errors import (
     BadRequestError,
     DrainingError,
@@ -26,17 +26,15 @@ from agent.errors import (
     ModelNotReadyError,
     QueueFullError,
 )
+from agent.loading import LoadedVersion, load_version
 from agent.settings import ModelSettings, Settings
 from inference import (
     Detection,
-    ModelLoadError,
     PreparedImage,
-    SessionConfig,
     Thresholds,
     YoloV8Detector,
-    file_digest,
 )
-from inference.kinds import Servable, model_kinds
+from inference.kinds import Servable
 from inference.tensor import TensorModel, TensorSpec, tensor_specs
 
 log = logging.getLogger(__name__)
@@ -60,6 +58,8 @@ class ServedModel:
     provider: str = ""
     error: str | None = None
     validation_score: float | None = None  # on the golden set, measured on this node
+    validated_at: float | None = None  # time.monotonic() of that measurement
+    rollout: str = ""  # "stable" or "canary" once a fleet manifest assigned this node
     runner: Servable | None = None  # instance 0: the model's metadata
     batcher: Batcher[Any, Any] | None = None
     defaults: Thresholds = field(default_factory=Thresholds)
@@ -90,6 +90,13 @@ class ServedModel:
             "provider": self.provider,
             "source": self.source,
         }
+        if self.rollout:
+            out["rollout"] = self.rollout
+        if self.validation_score is not None and self.validated_at is not None:
+            out["validation"] = {
+                "score": self.validation_score,
+                "age_s": round(time.monotonic() - self.validated_at, 3),
+            }
         if self.detector is not None:
             spec = self.detector.spec
             out["input"] = {
@@ -151,78 +158,49 @@ class ModelService:
 
     async def _load(self, served: ServedModel) -> None:
         cfg = served.settings
-        batching = self.settings.batching_for(cfg)
-        runtime = self.settings.runtime
-        session_cfg = SessionConfig(
-            providers=tuple(runtime.providers),
-            intra_op_threads=runtime.intra_op_threads,
-            allow_spinning=runtime.allow_spinning,
-            cache_dir=self.settings.state_dir,
-            device_id=runtime.device_id,
-            trt_fp16=runtime.trt_fp16,
-            trt_int8=runtime.trt_int8,
-        )
-        names = dict(enumerate(cfg.names)) or None
         served.state = ModelState.LOADING
         started = time.monotonic()
         log.info("loading model", extra={"model": cfg.name, "path": str(cfg.path)})
-        loader = model_kinds()[cfg.kind]
-        try:
-            digest = await asyncio.to_thread(file_digest, cfg.path)
-            if cfg.sha256 and digest != cfg.sha256:
-                raise ModelLoadError(
-                    f"{cfg.path} has sha256 {digest}, expected {cfg.sha256}: the file is corrupt"
-                )
-            runners = []
-            for _ in range(batching.instances):
-                runners.append(
-                    await asyncio.to_thread(loader, cfg.path, session_cfg, names, digest)
-                )
-            fixed = runners[0].max_batch
-            max_batch = min(batching.max_batch, fixed) if fixed else batching.max_batch
+
+        def warming() -> None:
             served.state = ModelState.WARMING
-            for runner in runners:
-                await asyncio.to_thread(runner.warmup, 1)
-                if max_batch > 1:
-                    await asyncio.to_thread(runner.warmup, max_batch)
+
+        try:
+            loaded = await load_version(
+                self.settings, cfg, cfg.path, cfg.sha256, self.depth_observer(cfg.name), warming
+            )
         except Exception as exc:  # any failure to load or warm up: this model is failed, not us
             what = "warm-up failed" if served.state is ModelState.WARMING else "load failed"
             served.state = ModelState.FAILED
             served.error = getattr(exc, "message", None) or f"{what}: {exc}"
             log.error("model failed to load", extra={"model": cfg.name, "error": served.error})
             return
-        served.digest = digest
-        served.version = cfg.version or digest[:12]
-        served.runner = runners[0]
-        served.provider = runners[0].provider
-        served.batcher = Batcher(
-            cfg.name,
-            [
-                Instance(
-                    run=runner.infer,
-                    executor=ThreadPoolExecutor(1, thread_name_prefix=f"infer-{cfg.name}-{i}"),
-                )
-                for i, runner in enumerate(runners)
-            ],
-            max_batch=max_batch,
-            max_delay_s=batching.max_delay_ms / 1000,
-            max_queue=batching.max_queue,
-            on_depth=(
-                functools.partial(self._on_queue_depth, cfg.name) if self._on_queue_depth else None
-            ),
-        )
-        served.state = ModelState.READY
+        self.install(served, loaded, cfg.version or loaded.digest[:12])
         log.info(
             "model ready",
             extra={
                 "model": cfg.name,
                 "version": served.version,
                 "provider": served.provider,
-                "instances": len(runners),
-                "max_batch": max_batch,
+                "instances": loaded.instances,
+                "max_batch": loaded.batcher.max_batch,
                 "load_s": round(time.monotonic() - started, 3),
             },
         )
+
+    def depth_observer(self, name: str) -> Callable[[int], None] | None:
+        return functools.partial(self._on_queue_depth, name) if self._on_queue_depth else None
+
+    def install(self, served: ServedModel, loaded: LoadedVersion, version: str) -> None:
+        """Make ``loaded`` the version that answers: one synchronous step on the event loop, so
+        a request sees either the old version or the new one, never a mix or a gap."""
+        served.digest = loaded.digest
+        served.version = version
+        served.runner = loaded.runner
+        served.provider = loaded.runner.provider
+        served.batcher = loaded.batcher
+        served.error = None
+        served.state = ModelState.READY
 
     async def close(self, timeout: float) -> None:
         """Drain every model's queue; ``clean_shutdown`` says whether all runs finished."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import socket
 import types
 import typing
 from collections.abc import Mapping
@@ -195,6 +196,55 @@ class WatchdogSettings:
 
 
 @dataclass
+class LifecycleSettings:
+    # The fleet manifest: a file (a mounted ConfigMap) or an http(s):// URL; empty: no sync,
+    # the configured (or bundled) models are served as they are.
+    manifest: str = ""
+    node_name: str = ""  # the canary cohort key; empty: $NODE_NAME, else the host name
+    poll_interval_s: float = 30.0
+    keep_versions: int = 3  # cached versions kept per model (the running one included)
+    max_model_bytes: int = 2 * 1024**3
+    retry_attempts: int = 5  # per download or manifest read, exponential backoff with jitter
+    retry_max_s: float = 30.0
+    # A connection that connects or sends nothing for this long is dead (a cut uplink can leave
+    # a pooled connection silent): the attempt fails and is retried.
+    stall_timeout_s: float = 30.0
+    # Registries reached over plain HTTP (host:port), e.g. a line's own registry without TLS.
+    insecure_registries: list[str] = field(default_factory=list)
+    # JSON {"host:port": {"username": ..., "password": ...}} (a mounted Secret); empty: none.
+    registry_credentials: str = ""
+
+    def validate(self, where: str) -> None:
+        _check(self.poll_interval_s >= 1, f"{where}.poll_interval_s", "must be >= 1")
+        _check(1 <= self.keep_versions <= 100, f"{where}.keep_versions", "must be in 1..100")
+        _check(self.max_model_bytes > 0, f"{where}.max_model_bytes", "must be > 0")
+        _check(1 <= self.retry_attempts <= 100, f"{where}.retry_attempts", "must be in 1..100")
+        _check(self.retry_max_s > 0, f"{where}.retry_max_s", "must be > 0")
+        _check(self.stall_timeout_s > 0, f"{where}.stall_timeout_s", "must be > 0")
+
+    def resolved_node_name(self) -> str:
+        return self.node_name or os.environ.get("NODE_NAME", "") or socket.gethostname()
+
+
+@dataclass
+class AdminSettings:
+    # Bearer token for /v1/admin/*, from a file (a mounted Secret); empty: admin endpoints off.
+    token_file: str = ""
+
+    def validate(self, where: str) -> None:
+        pass
+
+    def token(self) -> str:
+        """Read at each use, so a rotated Secret takes effect without a restart."""
+        if not self.token_file:
+            return ""
+        try:
+            return Path(self.token_file).read_text().strip()
+        except OSError:
+            return ""
+
+
+@dataclass
 class MetricsSettings:
     window_s: float = 60.0  # sliding window of the quantiles, maxima and rates
     max_cameras: int = 64  # distinct X-Camera-Id label values; beyond: camera="other"
@@ -218,12 +268,15 @@ class Settings:
     # After loading, score models that have a golden set (the bundled ones) on this node:
     # edge_model_validation_score. A few seconds of CPU at start-up.
     validate_golden: bool = True
+    revalidate_interval_s: float = 3600.0  # then again this often, when idle; 0: never
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     batching: BatchingSettings = field(default_factory=BatchingSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
+    lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
     models: list[ModelSettings] = field(default_factory=list)
 
     def validate(self) -> Settings:
@@ -238,12 +291,14 @@ class Settings:
         )
         _check(self.drain_grace_s >= 0, "drain_grace_s", "must be >= 0")
         _check(self.drain_timeout_s >= 0, "drain_timeout_s", "must be >= 0")
+        _check(self.revalidate_interval_s >= 0, "revalidate_interval_s", "must be >= 0")
         self.runtime.validate("runtime")
         self.batching.validate("batching")
         self.limits.validate("limits")
         self.health.validate("health")
         self.metrics.validate("metrics")
         self.watchdog.validate("watchdog")
+        self.lifecycle.validate("lifecycle")
         seen: set[str] = set()
         for i, model in enumerate(self.models):
             model.validate(f"models[{i}]")

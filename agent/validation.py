@@ -9,6 +9,7 @@ a lower number. (Gating readiness and rollouts on it is the model lifecycle's jo
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 
@@ -16,7 +17,8 @@ from agent.service import ModelService, ServedModel
 from inference.bundled import BUNDLE_ROOT, Bundle, read_bundle
 from inference.evaluation import ScoredBox, accuracy, mean_average_precision
 from inference.golden import load_detection_golden, load_tensor_golden
-from inference.tensor import NUMPY_DTYPES
+from inference.tensor import NUMPY_DTYPES, TensorModel
+from inference.yolo import Thresholds, YoloV8Detector
 
 log = logging.getLogger(__name__)
 TENSOR_CHUNK = 32  # golden windows per infer call
@@ -29,9 +31,11 @@ def golden_bundle(served: ServedModel) -> Bundle | None:
     return read_bundle(BUNDLE_ROOT / served.settings.bundled)
 
 
-async def validate_all(service: ModelService) -> None:
+async def validate_all(service: ModelService, idle_only: bool = False) -> None:
+    """Score every model that has a golden set; ``idle_only``: skip models with work queued
+    (the periodic re-validation must not compete with cameras)."""
     for served in service.models.values():
-        if served.batcher is None:
+        if served.batcher is None or (idle_only and served.batcher.busy):
             continue
         try:
             bundle = golden_bundle(served)
@@ -43,6 +47,7 @@ async def validate_all(service: ModelService) -> None:
                         extra={"model": served.settings.name, "error": str(exc)})
             continue
         served.validation_score = score
+        served.validated_at = time.monotonic()
         log.info(
             "golden-set score",
             extra={"model": served.settings.name, "score": round(score, 4),
@@ -71,3 +76,23 @@ async def _score(service: ModelService, served: ServedModel, bundle: Bundle) -> 
         )
         predictions.append([ScoredBox(d.class_id, d.score, d.box) for d in result.detections])
     return mean_average_precision([f.truths for f in frames], predictions).map
+
+
+def score_servable(runner: object, bundle: Bundle) -> float:
+    """A loaded version's golden-set score, run in the calling thread without the queue (for a
+    candidate that is not serving yet). Same pre/post-processing code as the pipeline."""
+    if isinstance(runner, TensorModel):
+        dtypes = {s.name: NUMPY_DTYPES[s.datatype] for s in runner.inputs}
+        golden = load_tensor_golden(bundle.golden_path, dtypes)
+        (outputs,) = runner.infer([golden.inputs])
+        return accuracy(golden.labels, outputs[runner.outputs[0].name].argmax(axis=1))
+    if isinstance(runner, YoloV8Detector):
+        scoring = bundle.sidecar["golden"].get("scoring", {})
+        thresholds = Thresholds(conf=scoring.get("conf", 0.25), iou=scoring.get("iou", 0.7))
+        frames = load_detection_golden(bundle.golden_path)
+        predictions = [
+            [ScoredBox(d.class_id, d.score, d.box) for d in runner.detect(f.data, thresholds)]
+            for f in frames
+        ]
+        return mean_average_precision([f.truths for f in frames], predictions).map
+    raise TypeError(f"cannot score a {type(runner).__name__}")

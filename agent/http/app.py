@@ -9,14 +9,17 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 
 from agent.health import Liveness, LoopMonitor
-from agent.http import handlers, keys, metrics, v2
+from agent.http import admin, handlers, keys, metrics, v2
 from agent.http.errors import error_middleware
 from agent.lifecycle import Lifecycle, signal_ctx
 from agent.metrics.accelerators import open_probes
 from agent.metrics.recorder import Recorder
+from agent.models.cache import ModelCache
+from agent.models.wiring import build_syncer, sync_after, use_last_known_good
 from agent.service import ModelService
 from agent.settings import Settings
 from agent.validation import validate_all
@@ -46,6 +49,7 @@ def create_app(settings: Settings, *, handle_signals: bool = False) -> web.Appli
     app.router.add_get("/health", handlers.health)
     app.router.add_get("/metrics/summary", metrics.summary)
     app.router.add_get("/metrics", metrics.full)
+    app.router.add_post("/v1/admin/sync", admin.sync)
     app.router.add_get("/livez", handlers.livez)
     app.router.add_get("/v2/health/live", handlers.v2_live)
     app.router.add_get("/v2/health/ready", handlers.v2_ready)
@@ -134,17 +138,52 @@ async def _load_and_validate(service: ModelService) -> None:
         await validate_all(service)
 
 
+async def _revalidate(service: ModelService, interval_s: float) -> None:
+    """Re-score the models on their golden sets now and then, when they are idle."""
+    while True:
+        await asyncio.sleep(interval_s)
+        await validate_all(service, idle_only=True)
+
+
 async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     service = ModelService(
         settings, app[keys.PRE_POOL], on_queue_depth=app[keys.RECORDER].observe_queue
     )
     app[keys.SERVICE] = service
+    syncing: asyncio.Task[None] | None = None
+    session: aiohttp.ClientSession | None = None
+    if settings.lifecycle.manifest:
+        cache = ModelCache(settings.state_dir)
+        await asyncio.to_thread(use_last_known_good, service, cache)
     # Load in the background: the port answers at once and /health says what it waits for.
     loading = asyncio.create_task(_load_and_validate(service), name="load-models")
+    if settings.lifecycle.manifest:
+        session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=settings.lifecycle.stall_timeout_s,
+                sock_read=settings.lifecycle.stall_timeout_s,
+            )
+        )
+        syncer = build_syncer(service, cache, session)
+        app[keys.SYNCER] = syncer
+        syncing = asyncio.create_task(
+            sync_after(asyncio.shield(loading), syncer, settings.lifecycle.poll_interval_s),
+            name="model-sync",
+        )
+    revalidating = None
+    if settings.validate_golden and settings.revalidate_interval_s > 0:
+        revalidating = asyncio.create_task(
+            _revalidate(service, settings.revalidate_interval_s), name="revalidate"
+        )
     yield
     app[keys.LIFECYCLE].begin_drain("shutdown")
-    loading.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await loading
+    for task in (revalidating, syncing, loading):
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if session is not None:
+        await session.close()
     await service.close(settings.drain_timeout_s)

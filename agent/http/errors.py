@@ -9,7 +9,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from agent.errors import (
+    AdminDisabledError,
     BadRequestError,
+    ConflictError,
     DeadlineExceededError,
     DrainingError,
     InferenceFailedError,
@@ -17,9 +19,11 @@ from agent.errors import (
     ModelNotReadyError,
     PayloadTooLargeError,
     QueueFullError,
+    UnauthorizedError,
     UnsupportedMediaTypeError,
 )
 from agent.http import keys
+from agent.models.swap import SwapRejectedError
 from inference.errors import (
     EdgeError,
     ImageTooLargeError,
@@ -39,6 +43,10 @@ STATUS: tuple[tuple[type[EdgeError], int, str], ...] = (
     (InvalidImageError, 400, "bad_image"),
     (TensorInputError, 400, "bad_tensor"),
     (ModelNotFoundError, 404, "not_found"),
+    (AdminDisabledError, 404, "not_found"),
+    (UnauthorizedError, 401, "unauthorized"),
+    (ConflictError, 409, "conflict"),
+    (SwapRejectedError, 409, "rejected"),
     (PayloadTooLargeError, 413, "too_large"),
     (ImageTooLargeError, 413, "too_large"),
     (UnsupportedMediaTypeError, 415, "unsupported_media_type"),

@@ -10,6 +10,7 @@ from agent.health import LoopMonitor
 from agent.lifecycle import Lifecycle
 from agent.metrics.accelerators import AcceleratorProbe
 from agent.metrics.recorder import Recorder
+from agent.models.sync import Syncer
 from agent.service import ModelService
 from agent.settings import Settings
 from agent.watchdog.supervisor import Supervisor
@@ -21,6 +22,7 @@ LOOP_MONITOR = web.AppKey("loop_monitor", LoopMonitor)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 RECORDER = web.AppKey("recorder", Recorder)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
+SYNCER = web.AppKey("syncer", Syncer)
 ACCELERATORS = web.AppKey("accelerators", list[AcceleratorProbe])
 
 # Per request, for the metrics middleware: set by the model handlers and the error middleware.

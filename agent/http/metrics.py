@@ -45,7 +45,9 @@ async def _snapshot(app: web.Application) -> Snapshot:
     probes = app[keys.ACCELERATORS]
     # NVML calls are quick but are system calls into a driver: off the event loop.
     readings = await asyncio.to_thread(read_all, probes) if probes else []
-    return Snapshot(service.ready() and not lifecycle.draining, models, readings)
+    syncer = app.get(keys.SYNCER)
+    control = (syncer.status.connected, syncer.status.last_success) if syncer else None
+    return Snapshot(service.ready() and not lifecycle.draining, models, readings, control)
 
 
 async def summary(request: web.Request) -> web.Response:

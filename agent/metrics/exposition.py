@@ -44,6 +44,8 @@ class Snapshot:
     ready: bool
     models: list[ModelState]
     accelerators: list[Reading]
+    # Model sync (only with a fleet manifest): connected (None: not tried yet), last success.
+    control_plane: tuple[bool | None, float | None] | None = None
 
 
 class _Families:
@@ -114,6 +116,16 @@ def summary_families(recorder: Recorder, snap: Snapshot) -> list[Metric]:
             score.add_metric([m.name, m.version], m.validation_score)
     ready = GaugeMetricFamily("edge_ready", "1 when /health answers 200.", value=int(snap.ready))
     families = [latency, depth, depth_max, rate, codes, rejected, info, score, ready]
+    if snap.control_plane is not None:
+        connected, last_success = snap.control_plane
+        if connected is not None:
+            families.append(GaugeMetricFamily(
+                "edge_control_plane_connected", "1 when the fleet manifest and model sources "
+                "answered at the last sync.", value=int(connected)))
+        if last_success is not None:
+            families.append(GaugeMetricFamily(
+                "edge_model_sync_last_success_timestamp_seconds",
+                "When the last complete model sync finished (Unix time).", value=last_success))
     return [f for f in families if f.samples] + _accelerator_families(snap.accelerators)
 
 

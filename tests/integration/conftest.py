@@ -4,6 +4,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from lifecycle_helpers import FUSION, TOKEN, fusion_model, publish
 from support import TINY_MODEL
 
 from agent.http.app import create_app
@@ -44,3 +45,36 @@ async def client_factory(aiohttp_client):
 @pytest.fixture
 async def client(client_factory, settings_factory):
     return await client_factory(settings_factory())
+
+
+@pytest.fixture
+def versions(tmp_path) -> dict[str, str]:
+    root = tmp_path / "share"
+    return {
+        "bundled": FUSION.folder.joinpath("model.json").as_uri(),
+        "1.0.1": publish(root / "1.0.1", fusion_model("1.0.1"), "1.0.1"),
+        "broken": publish(root / "broken", fusion_model("9.9.9", broken=True), "9.9.9"),
+        "wrong-digest": publish(root / "wrong", fusion_model("1.0.2"), "1.0.2", "ab" * 32),
+    }
+
+
+@pytest.fixture
+def lifecycle(tmp_path, settings_factory):
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    manifest = tmp_path / "fleet.yaml"
+
+    def make(**extra):
+        return settings_factory(**{
+            "models": [{"name": "fusion", "bundled": "fusion"}],
+            "lifecycle.manifest": str(manifest),
+            "lifecycle.poll_interval_s": 3600,
+            "lifecycle.retry_attempts": 2,
+            "lifecycle.retry_max_s": 0.2,
+            "lifecycle.stall_timeout_s": 2,
+            "lifecycle.node_name": "line1-node007",
+            "admin.token_file": str(token),
+            **extra,
+        })
+
+    return manifest, make

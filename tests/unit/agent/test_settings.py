@@ -138,7 +138,8 @@ def test_bad_yaml_and_missing_file_are_clear(tmp_path):
 
 def test_the_readme_configuration_example_loads_and_matches_the_defaults(tmp_path):
     readme = (Path(__file__).parents[3] / "README.md").read_text()
-    block = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    configuration = readme.split("\n## Configuration\n", 1)[1]
+    block = configuration.split("```yaml\n", 1)[1].split("```", 1)[0]
     cfg = tmp_path / "agent.yaml"
     cfg.write_text(block)
     s = load_settings(cfg, environ={})
@@ -150,6 +151,9 @@ def test_the_readme_configuration_example_loads_and_matches_the_defaults(tmp_pat
     assert s.health == defaults.health
     assert s.metrics == defaults.metrics
     assert s.watchdog == defaults.watchdog
+    assert s.lifecycle == defaults.lifecycle
+    assert s.admin == defaults.admin
+    assert s.revalidate_interval_s == defaults.revalidate_interval_s
     assert s.validate_golden == defaults.validate_golden
     assert (s.host, s.port, s.log_level, s.log_format, s.log_requests) == (
         defaults.host,

@@ -1,0 +1,33 @@
+"""Admin endpoints: off unless a token is configured; bearer token, compared in constant time."""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+
+from agent.errors import AdminDisabledError, ConflictError, UnauthorizedError
+from agent.http import keys
+
+
+def _authorize(request: web.Request) -> None:
+    token = request.app[keys.SETTINGS].admin.token()
+    if not token:
+        raise AdminDisabledError("admin endpoints are off: no admin.token_file configured")
+    given = request.headers.get("Authorization", "")
+    scheme, _, credential = given.partition(" ")
+    # compare_digest on bytes of any length: no early exit that times the token out.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        credential.strip().encode(), token.encode()
+    ):
+        raise UnauthorizedError("a valid bearer token is required")
+
+
+async def sync(request: web.Request) -> web.Response:
+    """Sync the models to the fleet manifest now; answers what happened per model."""
+    _authorize(request)
+    syncer = request.app.get(keys.SYNCER)
+    if syncer is None:
+        raise ConflictError("no fleet manifest configured (lifecycle.manifest)")
+    report = await syncer.sync()
+    return web.json_response({"report": report, "connected": syncer.status.connected})

@@ -1,0 +1,86 @@
+"""Loading one model version: sessions, warm-up, its batching queue. Nothing is served yet;
+the service installs the result (at start, or in a hot swap beside the running version)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.batcher import Batcher, Instance
+from agent.settings import ModelSettings, Settings
+from inference import ModelLoadError, SessionConfig, file_digest
+from inference.kinds import Servable, model_kinds
+
+
+@dataclass
+class LoadedVersion:
+    digest: str
+    runner: Servable  # instance 0: the version's metadata
+    runners: list[Servable]
+    batcher: Batcher[Any, Any]
+
+    @property
+    def instances(self) -> int:
+        return len(self.runners)
+
+
+def session_config(settings: Settings) -> SessionConfig:
+    runtime = settings.runtime
+    return SessionConfig(
+        providers=tuple(runtime.providers),
+        intra_op_threads=runtime.intra_op_threads,
+        allow_spinning=runtime.allow_spinning,
+        cache_dir=settings.state_dir,
+        device_id=runtime.device_id,
+        trt_fp16=runtime.trt_fp16,
+        trt_int8=runtime.trt_int8,
+    )
+
+
+async def load_version(
+    settings: Settings,
+    cfg: ModelSettings,
+    path: Path,
+    sha256: str,
+    on_depth: Callable[[int], None] | None = None,
+    on_warming: Callable[[], None] | None = None,
+) -> LoadedVersion:
+    """Verify, load ``batching.instances`` sessions, warm each up, start a batcher."""
+    batching = settings.batching_for(cfg)
+    digest = await asyncio.to_thread(file_digest, path)
+    if sha256 and digest != sha256:
+        raise ModelLoadError(f"{path} has sha256 {digest}, expected {sha256}: the file is corrupt")
+    loader = model_kinds()[cfg.kind]
+    names = dict(enumerate(cfg.names)) or None
+    config = session_config(settings)
+    runners = [
+        await asyncio.to_thread(loader, path, config, names, digest)
+        for _ in range(batching.instances)
+    ]
+    fixed = runners[0].max_batch
+    max_batch = min(batching.max_batch, fixed) if fixed else batching.max_batch
+    if on_warming is not None:
+        on_warming()
+    for runner in runners:
+        await asyncio.to_thread(runner.warmup, 1)
+        if max_batch > 1:
+            await asyncio.to_thread(runner.warmup, max_batch)
+    batcher = Batcher(
+        cfg.name,
+        [
+            Instance(
+                run=runner.infer,
+                executor=ThreadPoolExecutor(1, thread_name_prefix=f"infer-{cfg.name}-{i}"),
+            )
+            for i, runner in enumerate(runners)
+        ],
+        max_batch=max_batch,
+        max_delay_s=batching.max_delay_ms / 1000,
+        max_queue=batching.max_queue,
+        on_depth=on_depth,
+    )
+    return LoadedVersion(digest, runners[0], runners, batcher)

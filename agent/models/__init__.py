@@ -1,0 +1,1 @@
+"""Model lifecycle: the content-addressed cache, the fleet manifest and its canary rule."""

@@ -1,0 +1,99 @@
+"""The fleet manifest: which version of each model the fleet should run, and the canary rule.
+
+```yaml
+models:
+  defects:
+    stable: {source: "https://models.factory/defects/1.1.0/model.json"}
+    canary: {source: "oci://registry.factory:5000/models/defects:1.2.0", percent: 5}
+    min_score: 0.80      # a candidate scoring under this on the golden set is refused
+    max_drop: 0.02       # ... or scoring more than this under the running version
+```
+
+A node is in a model's canary cohort when
+``int(sha256(node_name + "/" + model)[:8], 16) % 100 < percent`` (DESIGN.md): stable per node
+and model, independent across models, and the same answer on every node of the fleet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from inference.errors import EdgeError
+
+SCHEMES = ("oci://", "https://", "http://", "file://")
+
+
+class ManifestError(EdgeError):
+    """The fleet manifest is not valid; the message names the entry."""
+
+
+@dataclass(frozen=True)
+class Target:
+    source: str
+    percent: float = 100.0
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    name: str
+    stable: Target
+    canary: Target | None = None
+    min_score: float = 0.0
+    max_drop: float = 1.0
+
+    def choose(self, node_name: str) -> tuple[Target, str]:
+        """The target this node runs, and its cohort: ``"canary"`` or ``"stable"``."""
+        if self.canary is not None and in_canary(node_name, self.name, self.canary.percent):
+            return self.canary, "canary"
+        return self.stable, "stable"
+
+
+def in_canary(node_name: str, model: str, percent: float) -> bool:
+    bucket = int(hashlib.sha256(f"{node_name}/{model}".encode()).hexdigest()[:8], 16) % 100
+    return bucket < percent
+
+
+def parse_manifest(text: str) -> dict[str, ModelPlan]:
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"the fleet manifest is not valid YAML: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("models"), dict):
+        raise ManifestError("the fleet manifest needs a 'models' mapping")
+    return {str(name): _plan(str(name), entry) for name, entry in doc["models"].items()}
+
+
+def _plan(name: str, entry: Any) -> ModelPlan:
+    where = f"models.{name}"
+    if not isinstance(entry, dict):
+        raise ManifestError(f"{where}: expected a mapping with 'stable'")
+    unknown = set(entry) - {"stable", "canary", "min_score", "max_drop"}
+    if unknown:
+        raise ManifestError(f"{where}: unknown keys {sorted(unknown)}")
+    stable = _target(entry.get("stable"), f"{where}.stable", canary=False)
+    canary = _target(entry["canary"], f"{where}.canary", canary=True) if entry.get(
+        "canary") else None
+    min_score = _number(entry.get("min_score", 0.0), f"{where}.min_score")
+    max_drop = _number(entry.get("max_drop", 1.0), f"{where}.max_drop")
+    return ModelPlan(name, stable, canary, min_score, max_drop)
+
+
+def _target(raw: Any, where: str, canary: bool) -> Target:
+    if not isinstance(raw, dict) or not isinstance(raw.get("source"), str):
+        raise ManifestError(f"{where}: expected {{source: ...}}")
+    source = raw["source"]
+    if not source.startswith(SCHEMES):
+        raise ManifestError(f"{where}.source: must start with one of {list(SCHEMES)}")
+    percent = _number(raw.get("percent", 100.0 if not canary else None), f"{where}.percent",
+                      upper=100.0)
+    return Target(source, percent)
+
+
+def _number(raw: Any, where: str, upper: float = 1.0) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 <= raw <= upper:
+        raise ManifestError(f"{where}: must be a number in [0, {upper:g}]")
+    return float(raw)

@@ -1,0 +1,250 @@
+"""Where model versions come from: ``file://`` and ``http(s)://`` sidecar URLs.
+
+A reference names a version's sidecar (``model.json``: name, version, kind, ``file``,
+``sha256``); the ONNX file is ``file`` relative to it. The sidecar's ``sha256`` is the version's
+identity: the download is verified against it before the cache gives it its name.
+Network reads are retried with exponential backoff, jitter and a cap (tenacity); a file whose
+content does not match its digest is not retried (the source is wrong, not the network).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urljoin, urlparse
+
+import aiohttp
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from agent.models.cache import ModelCache, parse_digest
+from inference.errors import EdgeError
+
+log = logging.getLogger(__name__)
+CHUNK = 256 * 1024
+MAX_SIDECAR_BYTES = 1 << 20
+
+
+class SourceError(EdgeError):
+    """A model version could not be resolved or fetched (after retries)."""
+
+
+class TransientError(SourceError):
+    """Worth retrying: the network, a 5xx, a timeout."""
+
+
+class UnreachableError(SourceError):
+    """Still failing after every retry: the control plane or registry is out of reach."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    initial_s: float = 0.5
+    max_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A version known by its sidecar; ``model_url`` is where its ONNX file is."""
+
+    source: str
+    sidecar: dict[str, Any]
+    model_url: str
+
+    @property
+    def version(self) -> str:
+        return str(self.sidecar.get("version") or parse_digest(self.digest)[:12])
+
+    @property
+    def digest(self) -> str:
+        return str(self.sidecar["sha256"])
+
+
+class Source(Protocol):
+    async def sidecar(self, ref: str) -> bytes: ...
+
+    def model_url(self, ref: str, sidecar: dict[str, Any]) -> str:
+        """Where the ONNX file of the version that ``ref`` names is."""
+        ...
+
+    def stream(self, url: str) -> AsyncIterator[bytes]: ...
+
+
+def _beside(ref: str, sidecar: dict[str, Any]) -> str:
+    file = str(sidecar["file"])
+    if "/" in file or file in ("", ".", ".."):
+        raise SourceError(f"{ref}: sidecar 'file' must be a file name beside it", file)
+    return urljoin(ref, file)
+
+
+class FileSource:
+    """``file:///path/model.json``: air-gapped nodes, a USB stick, a mounted volume."""
+
+    def model_url(self, ref: str, sidecar: dict[str, Any]) -> str:
+        return _beside(ref, sidecar)
+
+    async def sidecar(self, ref: str) -> bytes:
+        return await asyncio.to_thread(_read_limited, _path(ref), MAX_SIDECAR_BYTES)
+
+    async def stream(self, url: str) -> AsyncIterator[bytes]:
+        path = _path(url)
+        try:
+            f = await asyncio.to_thread(path.open, "rb")
+        except OSError as exc:
+            raise SourceError(f"cannot read {path}: {exc.strerror}") from exc
+        try:
+            while chunk := await asyncio.to_thread(f.read, CHUNK):
+                yield chunk
+        finally:
+            f.close()
+
+
+class HttpSource:
+    """``https://`` and ``http://``, through the daemon's one client session."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+        # Conditional requests: a manifest polled every 30 s by 200 nodes costs a 304 each.
+        self._etags: dict[str, tuple[str, bytes]] = {}
+        self.not_modified = 0
+
+    def model_url(self, ref: str, sidecar: dict[str, Any]) -> str:
+        return _beside(ref, sidecar)
+
+    async def sidecar(self, ref: str) -> bytes:
+        cached = self._etags.get(ref)
+        headers = {"If-None-Match": cached[0]} if cached else {}
+        async with self._session.get(ref, headers=headers) as resp:
+            if resp.status == 304 and cached is not None:
+                self.not_modified += 1
+                return cached[1]
+            check_status(resp, ref)
+            body = await resp.content.read(MAX_SIDECAR_BYTES + 1)
+            etag = resp.headers.get("ETag")
+        if len(body) > MAX_SIDECAR_BYTES:
+            raise SourceError(f"{ref}: sidecar larger than {MAX_SIDECAR_BYTES} bytes")
+        if etag:
+            self._etags[ref] = (etag, body)
+        return body
+
+    async def stream(self, url: str) -> AsyncIterator[bytes]:
+        async with self._session.get(url) as resp:
+            check_status(resp, url)
+            async for chunk in resp.content.iter_chunked(CHUNK):
+                yield chunk
+
+
+def check_status(resp: aiohttp.ClientResponse, url: str) -> None:
+    if resp.status >= 500 or resp.status == 429:
+        raise TransientError(f"{url}: HTTP {resp.status}")
+    if resp.status != 200:
+        raise SourceError(f"{url}: HTTP {resp.status}")
+
+
+def _path(url: str) -> Path:
+    parsed = urlparse(url)
+    if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
+        raise SourceError(f"not a local file URL: {url!r}")
+    return Path(unquote(parsed.path))
+
+
+def _read_limited(path: Path, limit: int) -> bytes:
+    try:
+        with path.open("rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise SourceError(f"cannot read {path}: {exc.strerror}") from exc
+    if len(data) > limit:
+        raise SourceError(f"{path}: sidecar larger than {limit} bytes")
+    return data
+
+
+class Fetcher:
+    """Resolves references and downloads versions into the cache, with retries."""
+
+    def __init__(
+        self,
+        sources: dict[str, Source],
+        cache: ModelCache,
+        retry: RetryPolicy,
+        max_model_bytes: int,
+    ) -> None:
+        self._sources = sources
+        self._cache = cache
+        self._retry = retry
+        self._max_model_bytes = max_model_bytes
+
+    def _source(self, ref: str) -> Source:
+        scheme = urlparse(ref).scheme
+        source = self._sources.get(scheme)
+        if source is None:
+            raise SourceError(f"unsupported source {ref!r}", {"schemes": sorted(self._sources)})
+        return source
+
+    async def read(self, ref: str) -> bytes:
+        """A small document (a sidecar, the fleet manifest), with retries."""
+        data: bytes = await self._retrying(lambda: self._source(ref).sidecar(ref))
+        return data
+
+    async def resolve(self, ref: str) -> Resolved:
+        raw = await self.read(ref)
+        try:
+            sidecar = json.loads(raw)
+            parse_digest(str(sidecar["sha256"]))
+            str(sidecar["file"])
+        except (ValueError, KeyError, TypeError, EdgeError) as exc:
+            raise SourceError(f"{ref}: not a model sidecar (needs file and sha256): {exc}") from exc
+        return Resolved(ref, sidecar, self._source(ref).model_url(ref, sidecar))
+
+    async def fetch(self, resolved: Resolved) -> Path:
+        """The version's ONNX file in the cache (downloaded and verified if not there yet)."""
+        if self._cache.has(resolved.digest):
+            return self._cache.path(resolved.digest)
+        source = self._source(resolved.model_url)
+
+        async def download() -> Path:
+            writer = await asyncio.to_thread(
+                self._cache.writer, resolved.digest, self._max_model_bytes
+            )
+            try:
+                async for chunk in source.stream(resolved.model_url):
+                    writer.write(chunk)
+                return await asyncio.to_thread(writer.commit)
+            except BaseException:
+                await asyncio.to_thread(writer.abort)
+                raise
+
+        return await self._retrying(download)
+
+    async def _retrying(self, attempt: Callable[[], Any]) -> Any:
+        policy = self._retry
+        transient = (TransientError, aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
+        try:
+            async for retry in AsyncRetrying(
+                stop=stop_after_attempt(policy.attempts),
+                wait=wait_exponential_jitter(
+                    multiplier=policy.initial_s, jitter=policy.initial_s, max=policy.max_s
+                ),
+                retry=retry_if_exception_type(transient),
+                reraise=True,
+            ):
+                with retry:
+                    if retry.retry_state.attempt_number > 1:
+                        log.info("retrying model source",
+                                 extra={"attempt": retry.retry_state.attempt_number})
+                    return await attempt()
+        except transient as exc:
+            raise UnreachableError(
+                f"unreachable after {policy.attempts} attempts: {exc!r}"
+            ) from exc
+        raise AssertionError("not reached: reraise=True re-raises the last error")

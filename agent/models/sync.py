@@ -1,0 +1,146 @@
+"""Bringing the node to the fleet manifest: resolve, download, verify, swap, remember.
+
+Every ``poll_interval_s`` (and on ``POST /v1/admin/sync``) the manifest is read; for each
+served model the node's target (stable, or canary when the node is in the cohort) is resolved;
+a version not running yet is downloaded into the cache and hot-swapped in, and ``state.json``
+records it as last-known-good, so the next start needs no network. A source that cannot be
+reached leaves everything as it is and marks the control plane disconnected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from agent.models.cache import CachedVersion, ModelCache, parse_digest
+from agent.models.manifest import ModelPlan, parse_manifest
+from agent.models.sources import Fetcher, Resolved, UnreachableError
+from agent.models.swap import Candidate, Gate, Swapper
+from agent.service import ModelService
+from inference.errors import EdgeError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SyncStatus:
+    connected: bool | None = None  # None: never tried
+    last_success: float | None = None  # wall-clock time of the last complete sync
+    cohorts: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+class Syncer:
+    def __init__(
+        self,
+        service: ModelService,
+        fetcher: Fetcher,
+        cache: ModelCache,
+        swapper: Swapper,
+        manifest_ref: str,
+        node_name: str,
+        keep_versions: int,
+    ) -> None:
+        self._service = service
+        self._fetcher = fetcher
+        self._cache = cache
+        self._swapper = swapper
+        self._manifest_ref = manifest_ref
+        self._node = node_name
+        self._keep = keep_versions
+        self._lock = asyncio.Lock()
+        self.status = SyncStatus()
+
+    async def sync(self) -> dict[str, Any]:
+        """One pass; returns what happened per model (for the admin endpoint and the log)."""
+        async with self._lock:
+            return await self._sync()
+
+    async def _sync(self) -> dict[str, Any]:
+        try:
+            raw = await self._fetcher.read(self._manifest_ref)
+            plans = parse_manifest(raw.decode())
+        except UnreachableError as exc:
+            self.status.connected = False
+            log.warning("fleet manifest unreachable", extra={"error": exc.message})
+            return {"manifest": exc.message}
+        except EdgeError as exc:  # reachable, but not a valid manifest: keep what runs
+            self.status.connected = True
+            log.error("fleet manifest refused", extra={"error": exc.message})
+            return {"manifest": f"refused: {exc.message}"}
+        report: dict[str, Any] = {}
+        reachable = True
+        for name, plan in plans.items():
+            if name not in self._service.models:
+                report[name] = "not served on this node"
+                continue
+            try:
+                report[name] = await self._apply(plan)
+                self.status.errors.pop(name, None)
+            except UnreachableError as exc:
+                report[name] = exc.message
+                reachable = False
+            except EdgeError as exc:
+                report[name] = f"refused: {exc.message}"
+                self.status.errors[name] = exc.message
+        self.status.connected = reachable
+        if reachable:
+            self.status.last_success = time.time()
+        return report
+
+    async def _apply(self, plan: ModelPlan) -> str:
+        target, cohort = plan.choose(self._node)
+        self.status.cohorts[plan.name] = cohort
+        served = self._service.get(plan.name)
+        resolved: Resolved = await self._fetcher.resolve(target.source)
+        if parse_digest(resolved.digest) == served.digest:
+            served.source, served.rollout = target.source, cohort
+            return f"running {served.version} ({cohort})"
+        path = await self._fetcher.fetch(resolved)
+        candidate = Candidate(
+            path=path,
+            sha256=parse_digest(resolved.digest),
+            version=resolved.version,
+            kind=str(resolved.sidecar.get("kind", served.settings.kind)),
+            source=target.source,
+        )
+        score = await self._swapper.swap(plan.name, candidate, Gate(plan.min_score, plan.max_drop))
+        served.rollout = cohort
+        self._remember(plan.name, candidate, resolved)
+        return f"swapped to {candidate.version} ({cohort}, score {score})"
+
+    def _remember(self, name: str, candidate: Candidate, resolved: Resolved) -> None:
+        state = self._cache.load_state()
+        versions = [v for v in state.get(name, []) if v.model != candidate.sha256]
+        versions.insert(0, CachedVersion(candidate.version, candidate.sha256, resolved.sidecar,
+                                         candidate.source))
+        state[name] = versions[: self._keep]
+        self._cache.save_state(state)
+        self._cache.collect_garbage({v.model for vs in state.values() for v in vs})
+
+    async def run(self, interval_s: float, watch_s: float = 2.0) -> None:
+        """Sync every ``interval_s``, and within ``watch_s`` of a change to a file manifest
+        (a ConfigMap update swaps a symlink: ``stat`` follows it to the new file)."""
+        while True:
+            seen = self._manifest_stamp()
+            report = await self.sync()
+            log.info("model sync", extra={"report": report})
+            deadline = time.monotonic() + interval_s
+            while time.monotonic() < deadline:
+                await asyncio.sleep(min(watch_s, interval_s))
+                if self._manifest_stamp() != seen:
+                    break
+
+    def _manifest_stamp(self) -> tuple[int, int, int] | None:
+        if not self._manifest_ref.startswith("file://"):
+            return None
+        try:
+            st = Path(unquote(urlparse(self._manifest_ref).path)).stat()
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)

@@ -1,0 +1,262 @@
+"""Models as OCI artifacts in a real registry (Debian's docker-registry, distribution 2.8),
+pushed with ORAS; and a daemon process killed mid-download that restarts with the registry gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from lifecycle_helpers import (
+    AUTH,
+    FUSION,
+    TOKEN,
+    fusion_model,
+    models,
+    publish,
+    summary,
+    write_manifest,
+)
+from support import Daemon, free_port, require
+
+
+class Registry:
+    def __init__(self, root: Path, bind: str = "127.0.0.1", wrap: list[str] | None = None) -> None:
+        binary = shutil.which("docker-registry")
+        require(binary is not None, "docker-registry (apt-get install docker-registry)")
+        assert binary is not None
+        self.port = free_port()
+        self.host = f"{bind}:{self.port}"
+        config = root / "registry.yml"
+        config.write_text(
+            "version: 0.1\nlog: {level: error}\n"
+            f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}}}\n"
+            f"http: {{addr: '{self.host}'}}\n"
+        )
+        self.proc = subprocess.Popen([*(wrap or []), binary, "serve", str(config)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            try:
+                urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1)
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("the registry did not start")
+
+    def push(self, folder: Path, repo_tag: str) -> str:
+        import oras.client
+
+        client = oras.client.OrasClient(hostname=self.host, insecure=True)
+        # ORAS names each layer by the file's path as given: push from inside the folder.
+        cwd = Path.cwd()
+        try:
+            os.chdir(folder)
+            client.push(target=f"{self.host}/{repo_tag}", files=["model.onnx", "model.json"])
+        finally:
+            os.chdir(cwd)
+        return f"oci://{self.host}/{repo_tag}"
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def registry(tmp_path) -> Iterator[Registry]:
+    r = Registry(tmp_path)
+    yield r
+    r.stop()
+
+
+async def test_an_oci_artifact_is_pulled_verified_and_swapped_in(
+    lifecycle, registry, client_factory, tmp_path
+):
+    published = publish(tmp_path / "v101", fusion_model("1.0.1"), "1.0.1")
+    ref = registry.push(Path(published.removeprefix("file://")).parent, "models/fusion:1.0.1")
+    manifest, make = lifecycle
+    write_manifest(manifest, ref)
+    client = await client_factory(make(**{"lifecycle.insecure_registries": [registry.host]}))
+    for _ in range(200):
+        if (await models(client))["fusion"]["version"] == "1.0.1":
+            break
+        await asyncio.sleep(0.05)
+    fusion = (await models(client))["fusion"]
+    assert (fusion["version"], fusion["source"]) == ("1.0.1", ref)
+    # The registry goes away: the node keeps serving and says it is disconnected.
+    registry.stop()
+    report = await (await client.post("/v1/admin/sync", headers=AUTH)).json()
+    assert report["report"]["fusion"].startswith("unreachable"), report
+    assert report["connected"] is False
+    got = await summary(client)
+    assert got[("edge_control_plane_connected", ())] == 0
+    sample = (FUSION.folder / "sample-request.json").read_bytes()
+    assert (await client.post("/v2/models/fusion/infer", data=sample)).status == 200
+
+
+async def test_a_tag_that_is_not_there_is_refused_and_nothing_changes(
+    lifecycle, registry, client_factory
+):
+    manifest, make = lifecycle
+    write_manifest(manifest, f"oci://{registry.host}/models/fusion:9.9.9")
+    client = await client_factory(make(**{"lifecycle.insecure_registries": [registry.host]}))
+    report = await (await client.post("/v1/admin/sync", headers=AUTH)).json()
+    assert report["report"]["fusion"].startswith("refused"), report
+    assert "HTTP 404" in report["report"]["fusion"]
+    assert (await models(client))["fusion"]["version"] == "1.0.0"
+
+
+async def test_kill_9_mid_download_then_restart_offline_serves_the_last_known_good(
+    tmp_path, aiohttp_server
+):
+    """The daemon is killed while a download stalls half way; it restarts with the model
+    server gone and is ready on the cached last-known-good version, no partial file left."""
+    v101 = publish(tmp_path / "v101", fusion_model("1.0.1"), "1.0.1")
+    v102 = publish(tmp_path / "v102", fusion_model("1.0.2"), "1.0.2")
+    big = Path(v102.removeprefix("file://")).parent
+    data = (big / "model.onnx").read_bytes()
+    stalled = asyncio.Event()
+
+    async def sidecar(request: web.Request) -> web.Response:
+        return web.Response(body=(big / "model.json").read_bytes())
+
+    async def model(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": str(len(data))})
+        await resp.prepare(request)
+        await resp.write(data[: len(data) // 2])
+        stalled.set()
+        await asyncio.sleep(3600)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/fusion/model.json", sidecar)
+    app.router.add_get("/fusion/model.onnx", model)
+    server = await aiohttp_server(app)
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    manifest = tmp_path / "fleet.yaml"
+    state = tmp_path / "state"
+    env = {
+        "EDGE_AGENT_LIFECYCLE__MANIFEST": str(manifest),
+        "EDGE_AGENT_LIFECYCLE__POLL_INTERVAL_S": "3600",
+        "EDGE_AGENT_LIFECYCLE__RETRY_ATTEMPTS": "1",
+        "EDGE_AGENT_ADMIN__TOKEN_FILE": str(token),
+        "EDGE_AGENT_VALIDATE_GOLDEN": "true",
+    }
+    write_manifest(manifest, v101)
+    first = Daemon(["--state-dir", str(state)], env=env)
+    try:
+        await first.wait_ready()
+        async with aiohttp.ClientSession() as http:
+            for _ in range(600):  # the first sync runs by itself once the models are ready
+                async with http.get(first.url + "/v1/models") as resp:
+                    served = {m["name"]: m for m in (await resp.json())["models"]}
+                if served["fusion"]["version"] == "1.0.1":
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("never swapped to 1.0.1")
+            write_manifest(manifest, str(server.make_url("/fusion/model.json")))
+            sync = asyncio.create_task(http.post(first.url + "/v1/admin/sync", headers=AUTH))
+            await asyncio.wait_for(stalled.wait(), 30)
+            partial = list((state / "models" / "blobs" / "sha256").glob(".partial-*"))
+            assert partial, "the download should be half written now"
+            first.signal(signal.SIGKILL)
+            first.wait(10)
+            sync.cancel()
+    finally:
+        first.stop()
+    await server.close()  # the model server is gone too
+    second = Daemon(["--state-dir", str(state)], env=env)
+    try:
+        await second.wait_ready()
+        async with aiohttp.ClientSession() as http, http.get(second.url + "/v1/models") as r:
+            served = {m["name"]: m for m in (await r.json())["models"]}
+        assert served["fusion"]["version"] == "1.0.1"
+        assert served["defects"]["version"] == "1.0.0"
+    finally:
+        second.stop()
+    assert not list((state / "models" / "blobs" / "sha256").glob(".partial-*"))
+
+
+class NetnsRegistry(Registry):
+    """The registry on the other side of a veth pair, in a network namespace of its own: the
+    factory uplink, which ``ip link set ... down`` unplugs."""
+
+    def __init__(self, root: Path) -> None:
+        require(shutil.which("ip") is not None, "iproute2 (ip)")
+        tag = f"{os.getpid() % 10000}"
+        self.ns, self.dev = f"edge-ns{tag}", f"edgev{tag}"
+        subnet = 10 + os.getpid() % 200
+        self.local, self.remote = f"10.213.{subnet}.1", f"10.213.{subnet}.2"
+        for cmd in (
+            ["ip", "netns", "add", self.ns],
+            ["ip", "link", "add", self.dev, "type", "veth", "peer", "name", self.dev + "p"],
+            ["ip", "link", "set", self.dev + "p", "netns", self.ns],
+            ["ip", "addr", "add", f"{self.local}/30", "dev", self.dev],
+            ["ip", "link", "set", self.dev, "up"],
+            ["ip", "netns", "exec", self.ns, "ip", "addr", "add", f"{self.remote}/30", "dev",
+             self.dev + "p"],
+            ["ip", "netns", "exec", self.ns, "ip", "link", "set", self.dev + "p", "up"],
+            ["ip", "netns", "exec", self.ns, "ip", "link", "set", "lo", "up"],
+        ):
+            done = subprocess.run(cmd, capture_output=True, check=False)
+            if done.returncode != 0:
+                self.cleanup()
+                require(False, f"network namespaces ({' '.join(cmd)}: {done.stderr!r})")
+        super().__init__(root, bind=self.remote, wrap=["ip", "netns", "exec", self.ns])
+
+    def link(self, up: bool) -> None:
+        subprocess.run(["ip", "link", "set", self.dev, "up" if up else "down"], check=True)
+
+    def cleanup(self) -> None:
+        subprocess.run(["ip", "link", "del", self.dev], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, check=False)
+
+
+@pytest.fixture
+def uplink(tmp_path) -> Iterator[NetnsRegistry]:
+    r = NetnsRegistry(tmp_path)
+    yield r
+    r.stop()
+    r.cleanup()
+
+
+async def test_an_unplugged_uplink_keeps_serving_reports_it_and_syncs_when_it_is_back(
+    lifecycle, uplink, client_factory, tmp_path
+):
+    v101 = publish(tmp_path / "v101", fusion_model("1.0.1"), "1.0.1")
+    v102 = publish(tmp_path / "v102", fusion_model("1.0.2"), "1.0.2")
+    ref101 = uplink.push(Path(v101.removeprefix("file://")).parent, "models/fusion:1.0.1")
+    ref102 = uplink.push(Path(v102.removeprefix("file://")).parent, "models/fusion:1.0.2")
+    manifest, make = lifecycle
+    write_manifest(manifest, ref101)
+    client = await client_factory(make(**{"lifecycle.insecure_registries": [uplink.host]}))
+    report = await (await client.post("/v1/admin/sync", headers=AUTH)).json()
+    assert (await models(client))["fusion"]["version"] == "1.0.1", report
+
+    uplink.link(up=False)
+    write_manifest(manifest, ref102)  # the ConfigMap is local: the registry is what is gone
+    report = await (await client.post("/v1/admin/sync", headers=AUTH)).json()
+    assert report["report"]["fusion"].startswith("unreachable"), report
+    assert (await summary(client))[("edge_control_plane_connected", ())] == 0
+    sample = (FUSION.folder / "sample-request.json").read_bytes()
+    assert (await client.post("/v2/models/fusion/infer", data=sample)).status == 200
+    assert (await models(client))["fusion"]["version"] == "1.0.1"
+
+    uplink.link(up=True)
+    report = await (await client.post("/v1/admin/sync", headers=AUTH)).json()
+    assert report["report"]["fusion"].startswith("swapped to 1.0.2"), report
+    got = await summary(client)
+    assert got[("edge_control_plane_connected", ())] == 1
+    assert ("edge_model_sync_last_success_timestamp_seconds", ()) in got

@@ -1,0 +1,77 @@
+"""The fleet manifest and the canary cohort rule."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from agent.models.manifest import ManifestError, in_canary, parse_manifest
+
+MANIFEST = """
+models:
+  defects:
+    stable: {source: "https://models/defects/1.1.0/model.json"}
+    canary: {source: "oci://registry:5000/models/defects:1.2.0", percent: 5}
+    min_score: 0.8
+    max_drop: 0.02
+  fusion:
+    stable: {source: "file:///models/fusion/model.json"}
+"""
+
+
+@pytest.mark.parametrize("percent", [0, 1, 5, 10, 50, 100])
+def test_the_cohort_over_1000_node_names_is_within_one_of_the_percentage(percent):
+    nodes = [f"line{i // 50}-node{i:04d}" for i in range(1000)]
+    chosen = sum(in_canary(n, "defects", percent) for n in nodes)
+    assert abs(chosen / 10 - percent) <= 1, chosen
+
+
+def test_the_cohort_is_the_design_hash_rule_and_differs_between_models():
+    name = "line3-node0042"
+    bucket = int(hashlib.sha256(f"{name}/defects".encode()).hexdigest()[:8], 16) % 100
+    assert in_canary(name, "defects", bucket + 1)
+    assert not in_canary(name, "defects", bucket)
+    nodes = [f"n{i}" for i in range(1000)]
+    a = {n for n in nodes if in_canary(n, "defects", 10)}
+    b = {n for n in nodes if in_canary(n, "fusion", 10)}
+    assert a != b
+
+
+def test_plans_choose_canary_or_stable_per_node():
+    plans = parse_manifest(MANIFEST)
+    defects = plans["defects"]
+    assert (defects.min_score, defects.max_drop) == (0.8, 0.02)
+    nodes = [f"n{i}" for i in range(400)]
+    inside = next(n for n in nodes if in_canary(n, "defects", 5))
+    outside = next(n for n in nodes if not in_canary(n, "defects", 5))
+    assert defects.choose(inside)[1] == "canary"
+    assert defects.choose(inside)[0].source.startswith("oci://")
+    assert defects.choose(outside)[1] == "stable"
+    assert plans["fusion"].choose(inside)[1] == "stable"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("models: [1]", "'models' mapping"),
+        ("{", "not valid YAML"),
+        ("models: {m: {stable: {source: 'ftp://x'}}}", "models.m.stable.source"),
+        ("models: {m: {stable: {source: 'file:///x'}, canary: {source: 'file:///y'}}}",
+         "models.m.canary.percent"),
+        ("models: {m: {stable: {source: 'file:///x'}, min_score: 2}}", "models.m.min_score"),
+        ("models: {m: {stable: {source: 'file:///x'}, colour: red}}", "unknown keys"),
+    ],
+)
+def test_bad_manifests_name_the_entry(text, message):
+    with pytest.raises(ManifestError, match=message.replace("[", r"\[")):
+        parse_manifest(text)
+
+
+def test_the_readme_fleet_manifest_example_is_valid():
+    readme = (Path(__file__).parents[4] / "README.md").read_text()
+    section = readme.split("\n## Model lifecycle\n", 1)[1]
+    plans = parse_manifest(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    assert plans["defects"].canary is not None
+    assert plans["defects"].canary.percent == 5
