@@ -202,6 +202,7 @@ class LifecycleSettings:
     manifest: str = ""
     node_name: str = ""  # the canary cohort key; empty: $NODE_NAME, else the host name
     poll_interval_s: float = 30.0
+    watch_interval_s: float = 2.0  # a file manifest is checked this often for a change; 0: not
     keep_versions: int = 3  # cached versions kept per model (the running one included)
     max_model_bytes: int = 2 * 1024**3
     retry_attempts: int = 5  # per download or manifest read, exponential backoff with jitter
@@ -216,6 +217,7 @@ class LifecycleSettings:
 
     def validate(self, where: str) -> None:
         _check(self.poll_interval_s >= 1, f"{where}.poll_interval_s", "must be >= 1")
+        _check(self.watch_interval_s >= 0, f"{where}.watch_interval_s", "must be >= 0")
         _check(1 <= self.keep_versions <= 100, f"{where}.keep_versions", "must be in 1..100")
         _check(self.max_model_bytes > 0, f"{where}.max_model_bytes", "must be > 0")
         _check(1 <= self.retry_attempts <= 100, f"{where}.retry_attempts", "must be in 1..100")
@@ -228,8 +230,10 @@ class LifecycleSettings:
 
 @dataclass
 class AdminSettings:
-    # Bearer token for /v1/admin/*, from a file (a mounted Secret); empty: admin endpoints off.
+    # Bearer token for /v1/admin/*: from a file (a mounted Secret), else this value (from
+    # EDGE_AGENT_ADMIN__TOKEN); neither: admin endpoints off.
     token_file: str = ""
+    token_value: str = field(default="", repr=False)
 
     def validate(self, where: str) -> None:
         pass
@@ -237,7 +241,7 @@ class AdminSettings:
     def token(self) -> str:
         """Read at each use, so a rotated Secret takes effect without a restart."""
         if not self.token_file:
-            return ""
+            return self.token_value
         try:
             return Path(self.token_file).read_text().strip()
         except OSError:

@@ -169,7 +169,12 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         syncer = build_syncer(service, cache, session)
         app[keys.SYNCER] = syncer
         syncing = asyncio.create_task(
-            sync_after(asyncio.shield(loading), syncer, settings.lifecycle.poll_interval_s),
+            sync_after(
+                asyncio.shield(loading),
+                syncer,
+                settings.lifecycle.poll_interval_s,
+                settings.lifecycle.watch_interval_s,
+            ),
             name="model-sync",
         )
     revalidating = None

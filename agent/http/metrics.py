@@ -39,6 +39,7 @@ async def _snapshot(app: web.Application) -> Snapshot:
             provider=m.provider,
             queue_depth=m.batcher.depth if m.batcher is not None else 0,
             validation_score=m.validation_score,
+            rollout=m.rollout,
         )
         for name, m in service.models.items()
     ]

@@ -37,6 +37,7 @@ class ModelState:
     provider: str
     queue_depth: int
     validation_score: float | None
+    rollout: str = ""  # "stable" | "canary" once a fleet manifest assigned the node
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,11 @@ def summary_families(recorder: Recorder, snap: Snapshot) -> list[Metric]:
         "Golden-set score on this node.",
         labels=["model", "version"],
     )
+    canary = GaugeMetricFamily(
+        "edge_model_canary",
+        "1 when this node runs the model's canary version, 0 stable.",
+        labels=["model", "version"],
+    )
     for m, s in stats:
         depth.add_metric([m.name], m.queue_depth)
         depth_max.add_metric([m.name], max(s.queue_max.value(), m.queue_depth))
@@ -114,8 +120,10 @@ def summary_families(recorder: Recorder, snap: Snapshot) -> list[Metric]:
             info.add_metric([m.name, m.version, m.digest, m.provider], 1)
         if m.validation_score is not None:
             score.add_metric([m.name, m.version], m.validation_score)
+        if m.rollout:
+            canary.add_metric([m.name, m.version], int(m.rollout == "canary"))
     ready = GaugeMetricFamily("edge_ready", "1 when /health answers 200.", value=int(snap.ready))
-    families = [latency, depth, depth_max, rate, codes, rejected, info, score, ready]
+    families = [latency, depth, depth_max, rate, codes, rejected, info, score, canary, ready]
     if snap.control_plane is not None:
         connected, last_success = snap.control_plane
         if connected is not None:

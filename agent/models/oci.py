@@ -10,6 +10,7 @@ Credentials: HTTP basic, or the bearer-token dance of Docker/distribution regist
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -33,6 +34,10 @@ _REF = re.compile(r"^oci://(?P<host>[^/]+)/(?P<repo>[a-z0-9._/-]+?)(?::(?P<tag>[
 _BLOB = re.compile(
     r"^oci-blob://(?P<host>[^/]+)/(?P<repo>[a-z0-9._/-]+)@(?P<digest>sha256:[0-9a-f]{64})$"
 )
+
+
+def basic_auth(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,7 @@ class OciSource:
             return {"Authorization": f"Bearer {self._tokens[host]}"}
         if host in self._credentials:
             user, password = self._credentials[host]
-            return {"Authorization": aiohttp.BasicAuth(user, password).encode()}
+            return {"Authorization": basic_auth(user, password)}
         return {}
 
     async def _token(self, host: str, repo: str, challenge: str) -> bool:
@@ -127,10 +132,10 @@ class OciSource:
         if not challenge.lower().startswith("bearer") or not realm:
             return False
         params.setdefault("scope", f"repository:{repo}:pull")
-        auth = None
+        headers = {}
         if host in self._credentials:
-            auth = aiohttp.BasicAuth(*self._credentials[host])
-        async with self._session.get(realm, params=params, auth=auth) as resp:
+            headers["Authorization"] = basic_auth(*self._credentials[host])
+        async with self._session.get(realm, params=params, headers=headers) as resp:
             if resp.status != 200:
                 return False
             body = await resp.json()

@@ -132,8 +132,8 @@ class Syncer:
             log.info("model sync", extra={"report": report})
             deadline = time.monotonic() + interval_s
             while time.monotonic() < deadline:
-                await asyncio.sleep(min(watch_s, interval_s))
-                if self._manifest_stamp() != seen:
+                await asyncio.sleep(min(watch_s, interval_s) if watch_s > 0 else interval_s)
+                if watch_s > 0 and self._manifest_stamp() != seen:
                     break
 
     def _manifest_stamp(self) -> tuple[int, int, int] | None:

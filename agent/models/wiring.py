@@ -73,7 +73,9 @@ def build_syncer(service: ModelService, cache: ModelCache,
                   cfg.resolved_node_name(), cfg.keep_versions)
 
 
-async def sync_after(loaded: Awaitable[None], syncer: Syncer, interval_s: float) -> None:
+async def sync_after(
+    loaded: Awaitable[None], syncer: Syncer, interval_s: float, watch_s: float
+) -> None:
     await loaded  # the cached versions serve first; then the network may change them
-    await syncer.run(interval_s)
+    await syncer.run(interval_s, watch_s)
 

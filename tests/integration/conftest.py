@@ -69,6 +69,7 @@ def lifecycle(tmp_path, settings_factory):
             "models": [{"name": "fusion", "bundled": "fusion"}],
             "lifecycle.manifest": str(manifest),
             "lifecycle.poll_interval_s": 3600,
+            "lifecycle.watch_interval_s": 0,  # syncs only when a test asks (admin sync)
             "lifecycle.retry_attempts": 2,
             "lifecycle.retry_max_s": 0.2,
             "lifecycle.stall_timeout_s": 2,

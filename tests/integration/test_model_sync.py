@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from aiohttp import web
-from lifecycle_helpers import AUTH, FUSION, models, summary, write_manifest
+from lifecycle_helpers import AUTH, FUSION, fusion_model, models, publish, summary, write_manifest
 
 
 async def test_an_update_under_load_has_no_failed_request_and_no_unready_moment(
@@ -117,6 +117,8 @@ async def test_canary_cohort_follows_the_hash_rule(lifecycle, versions, client_f
     assert "canary" in report["report"]["fusion"]
     fusion = (await models(client))["fusion"]
     assert (fusion["version"], fusion["rollout"]) == ("1.0.1", "canary")
+    got = await summary(client)
+    assert got[("edge_model_canary", (("model", "fusion"), ("version", "1.0.1")))] == 1
     write_manifest(manifest, versions["bundled"], canary=versions["1.0.1"], percent=0)
     report = await (await client.post("/v1/admin/sync", headers=AUTH)).json()
     fusion = (await models(client))["fusion"]
@@ -134,6 +136,9 @@ async def test_admin_needs_the_token_and_is_off_without_one(lifecycle, versions,
     assert (await client.post("/v1/admin/sync", headers=AUTH)).status == 200
     off = await client_factory(settings_factory())
     assert (await off.post("/v1/admin/sync", headers=AUTH)).status == 404
+    from_env = await client_factory(make(**{"admin.token_file": "", "admin.token_value": "t2"}))
+    ok = await from_env.post("/v1/admin/sync", headers={"Authorization": "Bearer t2"})
+    assert ok.status == 200
 
 
 async def test_http_source_retries_a_flaky_server_and_a_cut_download(
@@ -184,7 +189,8 @@ async def test_a_configmap_update_is_noticed_without_being_asked(
     (mount / "..data").symlink_to("..v1")
     (mount / "fleet.yaml").symlink_to("..data/fleet.yaml")
     _, make = lifecycle
-    client = await client_factory(make(**{"lifecycle.manifest": str(mount / "fleet.yaml")}))
+    client = await client_factory(make(**{"lifecycle.manifest": str(mount / "fleet.yaml"),
+                                          "lifecycle.watch_interval_s": 0.2}))
     (mount / "..v2").mkdir()
     write_manifest(mount / "..v2" / "fleet.yaml", versions["1.0.1"])
     (mount / "..data_tmp").symlink_to("..v2")
@@ -234,3 +240,22 @@ async def test_an_idle_model_is_revalidated_periodically(lifecycle, client_facto
         await asyncio.sleep(0.25)
     assert len(ages) >= 6
     assert max(ages) < 1.5  # re-scored every 0.3 s while idle, not once at start
+
+
+async def test_old_versions_beyond_keep_versions_leave_the_cache(
+    lifecycle, versions, client_factory, tmp_path
+):
+    manifest, make = lifecycle
+    v103 = publish(tmp_path / "v103", fusion_model("1.0.3"), "1.0.3")
+    write_manifest(manifest, versions["bundled"])
+    settings = make(**{"lifecycle.keep_versions": 1})
+    client = await client_factory(settings)
+    for ref in (versions["1.0.1"], v103):
+        write_manifest(manifest, ref)
+        report = await (await client.post("/v1/admin/sync", headers=AUTH)).json()
+        assert "swapped" in report["report"]["fusion"], report
+    blobs = settings.state_dir / "models" / "blobs" / "sha256"
+    newest = json.loads((Path(v103.removeprefix("file://")).parent / "model.json").read_text())
+    assert [p.name for p in blobs.iterdir()] == [newest["sha256"]]
+    state = json.loads((settings.state_dir / "models" / "state.json").read_text())
+    assert [v["version"] for v in state["models"]["fusion"]] == ["1.0.3"]

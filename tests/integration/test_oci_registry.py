@@ -5,6 +5,9 @@ pushed with ORAS; and a daemon process killed mid-download that restarts with th
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import json
 import os
 import shutil
 import signal
@@ -15,6 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import numpy as np
+import onnx
+import onnx.numpy_helper
 import pytest
 from aiohttp import web
 from lifecycle_helpers import (
@@ -31,11 +37,12 @@ from support import Daemon, free_port, require
 
 
 class Registry:
-    def __init__(self, root: Path, bind: str = "127.0.0.1", wrap: list[str] | None = None) -> None:
+    def __init__(self, root: Path, bind: str = "127.0.0.1", wrap: list[str] | None = None,
+                 port: int | None = None) -> None:
         binary = shutil.which("docker-registry")
         require(binary is not None, "docker-registry (apt-get install docker-registry)")
         assert binary is not None
-        self.port = free_port()
+        self.port = port or free_port()
         self.host = f"{bind}:{self.port}"
         config = root / "registry.yml"
         config.write_text(
@@ -260,3 +267,117 @@ async def test_an_unplugged_uplink_keeps_serving_reports_it_and_syncs_when_it_is
     got = await summary(client)
     assert got[("edge_control_plane_connected", ())] == 1
     assert ("edge_model_sync_last_success_timestamp_seconds", ()) in got
+
+
+async def test_registry_credentials_go_through_the_bearer_token_dance(
+    lifecycle, registry, client_factory, tmp_path, aiohttp_server
+):
+    """Docker/distribution token auth needs a JWT-signing token server, which cannot be set up
+    here: this stand-in sits in front of the real registry and plays that part (a 401 with a
+    Bearer challenge, a token endpoint taking basic credentials); the content is the real
+    registry's."""
+    published = publish(tmp_path / "v101", fusion_model("1.0.1"), "1.0.1")
+    registry.push(Path(published.removeprefix("file://")).parent, "models/fusion:1.0.1")
+    seen: dict[str, object] = {}
+
+    async def token(request: web.Request) -> web.Response:
+        seen["basic"] = request.headers.get("Authorization")
+        seen["scope"] = request.query.get("scope")
+        return web.json_response({"token": "tkn-123"})
+
+    async def proxy(request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization") != "Bearer tkn-123":
+            realm = str(request.url.with_path("/token").with_query(None))
+            return web.Response(status=401, headers={
+                "WWW-Authenticate": f'Bearer realm="{realm}",service="edge-registry"'})
+        async with aiohttp.ClientSession() as http, http.get(
+            f"http://{registry.host}{request.path_qs}", headers={"Accept": request.headers.get(
+                "Accept", "*/*")}) as upstream:
+            body = await upstream.read()
+            return web.Response(body=body, status=upstream.status, headers={
+                "Content-Type": upstream.headers.get("Content-Type", "application/octet-stream")})
+
+    app = web.Application()
+    app.router.add_get("/token", token)
+    app.router.add_get("/v2/{tail:.*}", proxy)
+    front = await aiohttp_server(app)
+    host = f"127.0.0.1:{front.port}"
+    creds = tmp_path / "registry-credentials.json"
+    creds.write_text(json.dumps({host: {"username": "line3", "password": "pw"}}))
+    manifest, make = lifecycle
+    write_manifest(manifest, f"oci://{host}/models/fusion:1.0.1")
+    client = await client_factory(make(**{"lifecycle.insecure_registries": [host],
+                                          "lifecycle.registry_credentials": str(creds)}))
+    report = await (await client.post("/v1/admin/sync", headers=AUTH)).json()
+    assert (await models(client))["fusion"]["version"] == "1.0.1", report
+    assert seen["basic"] == "Basic " + base64.b64encode(b"line3:pw").decode()
+    assert seen["scope"] == "repository:models/fusion:pull"
+
+
+async def test_the_registry_killed_mid_download_leaves_no_partial_blob_and_sync_resumes(
+    lifecycle, client_factory, tmp_path, aiohttp_server
+):
+    """A slow uplink in front of the real registry (this in-test relay only throttles); the
+    registry process is killed while the model blob is half way through."""
+    (tmp_path / "r1").mkdir()
+    registry = Registry(tmp_path / "r1")
+    # 48 MB (an unused initializer pads it): more than the sockets between us buffer, so the
+    # kill really cuts the stream.
+    padded = fusion_model("1.0.1")
+    padded.graph.initializer.append(
+        onnx.numpy_helper.from_array(np.zeros(12 * 1024 * 1024, np.float32), "padding"))
+    published = publish(tmp_path / "v101", padded, "1.0.1")
+    registry.push(Path(published.removeprefix("file://")).parent, "models/fusion:1.0.1")
+    halfway = asyncio.Event()
+
+    async def relay(request: web.Request) -> web.StreamResponse:
+        try:
+            async with aiohttp.ClientSession() as http, http.get(
+                f"http://{registry.host}{request.path_qs}",
+                headers={"Accept": request.headers.get("Accept", "*/*")},
+            ) as upstream:
+                resp = web.StreamResponse(status=upstream.status, headers={
+                    "Content-Type": upstream.headers.get("Content-Type", "application/json")})
+                if upstream.content_length:
+                    resp.content_length = upstream.content_length
+                await resp.prepare(request)
+                sent = 0
+                async for chunk in upstream.content.iter_chunked(256 * 1024):
+                    await resp.write(chunk)
+                    sent += len(chunk)
+                    if sent >= 1024 * 1024 and not halfway.is_set():
+                        halfway.set()
+                        await asyncio.sleep(0.5)  # the registry dies meanwhile
+                return resp
+        except aiohttp.ClientError:
+            if request.transport is not None:
+                request.transport.close()  # the downstream sees the cut
+            raise
+
+    app = web.Application()
+    app.router.add_get("/v2/{tail:.*}", relay)
+    front = await aiohttp_server(app)
+    host = f"127.0.0.1:{front.port}"
+    manifest, make = lifecycle
+    write_manifest(manifest, f"oci://{host}/models/fusion:1.0.1")
+    settings = make(**{"lifecycle.insecure_registries": [host], "lifecycle.retry_attempts": 3})
+    client = await client_factory(settings)
+    sync = asyncio.create_task(client.post("/v1/admin/sync", headers=AUTH))
+    await asyncio.wait_for(halfway.wait(), 30)
+    registry.stop()
+    report = await (await sync).json()
+    assert report["report"]["fusion"].startswith("unreachable"), report
+    blobs = settings.state_dir / "models" / "blobs" / "sha256"
+    assert not blobs.exists() or not list(blobs.iterdir())
+    assert (await models(client))["fusion"]["version"] == "1.0.0"
+    # The registry comes back (same storage, same address): the next sync completes.
+    restarted = Registry(tmp_path / "r1", port=registry.port)
+    try:
+        report = await (await client.post("/v1/admin/sync", headers=AUTH)).json()
+        # (the background sync may have got there first: then it is already running)
+        assert report["report"]["fusion"].startswith(("swapped to 1.0.1", "running 1.0.1"))
+        assert (await models(client))["fusion"]["version"] == "1.0.1"
+        expected = hashlib.sha256(padded.SerializeToString()).hexdigest()
+        assert sorted(p.name for p in blobs.iterdir()) == [expected]
+    finally:
+        restarted.stop()
