@@ -48,6 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch", type=int, help="images per inference run")
     serve.add_argument("--max-queue", type=int, help="queued requests per model before 503")
     serve.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads per session")
+    cache = sub.add_parser("cache", help="the model cache").add_subparsers(
+        dest="cache_command", required=True
+    )
+    seed = cache.add_parser(
+        "import",
+        help="pre-seed a model version (air-gapped installs)",
+        description="Verify a published version (model.json and the ONNX file beside it), "
+        "store it in the state dir's cache and make it the model's last-known-good version: "
+        "the daemon starts on it without a network (with lifecycle.manifest set).",
+    )
+    seed.add_argument("sidecar", type=Path, help="the version's model.json")
+    seed.add_argument("--state-dir", type=Path, help="default: the settings' state_dir")
+    seed.add_argument("--name", help="model name (default: the sidecar's name)")
     return parser
 
 
@@ -71,6 +84,15 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "cache":
+        from agent.models.seed import main_import
+
+        try:
+            state_dir = args.state_dir or load_settings().state_dir
+        except SettingsError as exc:
+            print(f"edge-agent: configuration error: {exc.message}", file=sys.stderr)
+            return 2
+        return main_import(args.sidecar, state_dir, args.name)
     if args.command == "serve":
         try:
             settings = load_settings(args.config, overrides=overrides_from_args(args))

@@ -1,7 +1,8 @@
 #!/bin/sh
 # The real components the integration tests drive, from Debian's apt: Prometheus + promtool
 # (metrics, alert rules), systemd-nspawn (the unit under real systemd), qemu + busybox (a real
-# softdog in a guest), docker-registry (an OCI registry for models). Installs what is missing
+# softdog in a guest), docker-registry (an OCI registry for models), docker + debootstrap (the
+# image, built from a local base). Installs what is missing
 # when run as root; otherwise says what is missing (those tests then skip, or fail with
 # CI=true) and carries on.
 set -eu
@@ -11,6 +12,8 @@ command -v systemd-nspawn >/dev/null 2>&1 || missing="$missing systemd-container
 command -v qemu-system-x86_64 >/dev/null 2>&1 || missing="$missing qemu-system-x86"
 command -v busybox >/dev/null 2>&1 || missing="$missing busybox-static"
 command -v docker-registry >/dev/null 2>&1 || missing="$missing docker-registry"
+command -v dockerd >/dev/null 2>&1 || missing="$missing docker.io"
+command -v debootstrap >/dev/null 2>&1 || missing="$missing debootstrap"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
     echo "not root: not installing$missing (the tests that need them will skip)" >&2

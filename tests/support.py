@@ -56,6 +56,12 @@ def promtool_check(text: bytes, *args: str) -> subprocess.CompletedProcess[bytes
     )
 
 
+def find_tool(name: str) -> str | None:
+    """A command on PATH, or installed by pip beside this interpreter (a venv not on PATH)."""
+    beside = Path(sys.executable).parent / name
+    return shutil.which(name) or (str(beside) if beside.is_file() else None)
+
+
 def cache_dir() -> Path:
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edge-agent-tests"
     return Path(os.environ.get("EDGE_TESTS_CACHE", default))

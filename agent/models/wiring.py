@@ -39,8 +39,9 @@ def use_last_known_good(service: ModelService, cache: ModelCache) -> None:
 
 
 def read_credentials(path: str) -> dict[str, tuple[str, str]]:
-    """Registry credentials from a file; never logged. Unreadable: a clear start-up error."""
-    if not path:
+    """Registry credentials from a file; never logged. A file that is not there (an optional
+    Secret not created): anonymous pulls. One that is there but unreadable: a start-up error."""
+    if not path or not Path(path).exists():
         return {}
     try:
         doc = json.loads(Path(path).read_text())

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from aiohttp import web
@@ -259,3 +261,30 @@ async def test_old_versions_beyond_keep_versions_leave_the_cache(
     assert [p.name for p in blobs.iterdir()] == [newest["sha256"]]
     state = json.loads((settings.state_dir / "models" / "state.json").read_text())
     assert [v["version"] for v in state["models"]["fusion"]] == ["1.0.3"]
+
+
+async def test_a_seeded_cache_starts_an_air_gapped_node_on_the_imported_version(
+    lifecycle, versions, client_factory, tmp_path
+):
+    sidecar = Path(versions["1.0.1"].removeprefix("file://"))
+    _, make = lifecycle
+    settings = make(**{"lifecycle.manifest": "http://127.0.0.1:9/fleet.yaml"})  # offline
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "agent", "cache", "import", str(sidecar),
+         "--state-dir", str(settings.state_dir)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "imported 1.0.1" in done.stdout
+    client = await client_factory(settings)
+    assert (await models(client))["fusion"]["version"] == "1.0.1"
+    bad = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "agent", "cache", "import",
+         str(Path(versions["wrong-digest"].removeprefix("file://"))),
+         "--state-dir", str(settings.state_dir)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert bad.returncode == 1
+    assert "expected" in bad.stdout

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from support import cache_dir, require
 
+pytestmark = pytest.mark.system
+
 ROOT = Path(__file__).resolve().parents[2]
 GUEST_SCRIPT = Path(__file__).with_name("softdog_guest.py")
 TIMEOUT_S = 5

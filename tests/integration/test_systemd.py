@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from support import require
 
+pytestmark = pytest.mark.system
+
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "edge-agent.service"
 WATCHDOG_SEC = 3

@@ -39,8 +39,9 @@ def test_credentials_file_and_its_errors_never_echo_the_secret(tmp_path):
     with pytest.raises(SourceError) as err:
         read_credentials(str(bad))
     assert "hunter2" not in str(err.value.message)
+    assert read_credentials(str(tmp_path / "missing.json")) == {}  # an optional Secret
     with pytest.raises(SourceError, match="expected JSON"):
-        read_credentials(str(tmp_path / "missing.json"))
+        read_credentials(str(tmp_path))  # a directory: unreadable
 
 
 def test_a_manifest_path_stays_a_path_through_symlinks(tmp_path):

