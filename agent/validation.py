@@ -16,7 +16,12 @@ import numpy as np
 from agent.service import ModelService, ServedModel
 from inference.bundled import BUNDLE_ROOT, Bundle, read_bundle
 from inference.evaluation import ScoredBox, accuracy, mean_average_precision
-from inference.golden import load_detection_golden, load_tensor_golden
+from inference.golden import (
+    load_detection_golden,
+    load_tensor_golden,
+    score_classifier,
+    score_detections,
+)
 from inference.tensor import NUMPY_DTYPES, TensorModel
 from inference.yolo import Thresholds, YoloV8Detector
 
@@ -67,12 +72,12 @@ async def _score(service: ModelService, served: ServedModel, bundle: Bundle) -> 
             first_output = served.tensor.outputs[0].name
             predicted.append(answer.outputs[first_output].argmax(axis=1))
         return accuracy(golden.labels, np.concatenate(predicted))
-    scoring = bundle.sidecar["golden"].get("scoring", {})
+    thresholds = scoring_thresholds(bundle)
     frames = load_detection_golden(bundle.golden_path)
     predictions = []
     for frame in frames:
         result = await service.detect(
-            name, frame.data, conf=scoring.get("conf"), iou=scoring.get("iou")
+            name, frame.data, conf=thresholds.conf, iou=thresholds.iou
         )
         predictions.append([ScoredBox(d.class_id, d.score, d.box) for d in result.detections])
     return mean_average_precision([f.truths for f in frames], predictions).map
@@ -82,17 +87,27 @@ def score_servable(runner: object, bundle: Bundle) -> float:
     """A loaded version's golden-set score, run in the calling thread without the queue (for a
     candidate that is not serving yet). Same pre/post-processing code as the pipeline."""
     if isinstance(runner, TensorModel):
-        dtypes = {s.name: NUMPY_DTYPES[s.datatype] for s in runner.inputs}
-        golden = load_tensor_golden(bundle.golden_path, dtypes)
-        (outputs,) = runner.infer([golden.inputs])
-        return accuracy(golden.labels, outputs[runner.outputs[0].name].argmax(axis=1))
+        tensor = runner
+        dtypes = {s.name: NUMPY_DTYPES[s.datatype] for s in tensor.inputs}
+        first_output = tensor.outputs[0].name
+
+        def classify(inputs: dict[str, np.ndarray]) -> np.ndarray:
+            (outputs,) = tensor.infer([inputs])
+            return outputs[first_output].argmax(axis=1)
+
+        return score_classifier(load_tensor_golden(bundle.golden_path, dtypes), classify)
     if isinstance(runner, YoloV8Detector):
-        scoring = bundle.sidecar["golden"].get("scoring", {})
-        thresholds = Thresholds(conf=scoring.get("conf", 0.25), iou=scoring.get("iou", 0.7))
-        frames = load_detection_golden(bundle.golden_path)
-        predictions = [
-            [ScoredBox(d.class_id, d.score, d.box) for d in runner.detect(f.data, thresholds)]
-            for f in frames
-        ]
-        return mean_average_precision([f.truths for f in frames], predictions).map
+        detector, thresholds = runner, scoring_thresholds(bundle)
+
+        def detect(data: bytes) -> list[ScoredBox]:
+            return [ScoredBox(d.class_id, d.score, d.box)
+                    for d in detector.detect(data, thresholds)]
+
+        return score_detections(load_detection_golden(bundle.golden_path), detect).map
     raise TypeError(f"cannot score a {type(runner).__name__}")
+
+
+def scoring_thresholds(bundle: Bundle) -> Thresholds:
+    """The conf/iou the golden score is defined at (recorded in the sidecar at training)."""
+    scoring = bundle.sidecar["golden"].get("scoring", {})
+    return Thresholds(conf=scoring.get("conf", 0.25), iou=scoring.get("iou", 0.7))

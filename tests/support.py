@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Sequence
@@ -54,6 +55,23 @@ def promtool_check(text: bytes, *args: str) -> subprocess.CompletedProcess[bytes
     return subprocess.run(
         [tool, *(args or ("check", "metrics"))], input=text, capture_output=True, timeout=60
     )
+
+
+class FifoReader(threading.Thread):
+    """A FIFO standing in for a watchdog device: collects every byte written to it until the
+    writer closes it (read ``data`` after ``join``)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        os.mkfifo(path)
+        self.path = path
+        self.data = b""
+        self.start()
+
+    def run(self) -> None:
+        with open(self.path, "rb") as f:  # blocks until the feeder opens its end
+            while chunk := f.read(1):
+                self.data += chunk
 
 
 def find_tool(name: str) -> str | None:

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from inference.errors import EdgeError
-from inference.files import atomic_write
+from inference.files import atomic_write, fsync_dir
+from inference.session import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class ModelCache:
             if entry.name.startswith(TMP_PREFIX) or not HEX_RE.match(entry.name):
                 entry.unlink(missing_ok=True)
                 removed.append(entry.name)
-            elif _sha256(entry) != entry.name:
+            elif file_digest(entry) != entry.name:
                 log.warning("corrupt blob removed from the model cache", extra={"blob": entry.name})
                 entry.unlink(missing_ok=True)
                 removed.append(entry.name)
@@ -124,6 +125,15 @@ class ModelCache:
                     kept.append(cached)
             state[name] = kept
         return state
+
+    def remember(self, name: str, version: CachedVersion, keep: int | None = None) -> set[str]:
+        """Record ``version`` as ``name``'s last-known-good (first), keep at most ``keep``
+        versions of it; returns the digests every model still needs (for garbage collection)."""
+        state = self.load_state()
+        versions = [version, *(v for v in state.get(name, []) if v.model != version.model)]
+        state[name] = versions[:keep] if keep else versions
+        self.save_state(state)
+        return {v.model for vs in state.values() for v in vs}
 
     def save_state(self, state: dict[str, list[CachedVersion]]) -> None:
         doc = {"models": {name: [asdict(v) for v in versions] for name, versions in state.items()}}
@@ -173,7 +183,7 @@ class BlobWriter:
             self._file.close()
             self._tmp.chmod(0o644)
             os.replace(self._tmp, self.final)
-            _fsync_dir(self._blobs)
+            fsync_dir(self._blobs)
         except OSError as exc:
             raise _unwritable(self._blobs, exc) from exc
         finally:
@@ -190,19 +200,3 @@ class BlobWriter:
 
 def _unwritable(path: Path, exc: OSError) -> CacheError:
     return CacheError(f"cannot write to the model cache: {exc.strerror}", {"path": str(path)})
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -1,49 +1,36 @@
 """``edge-agent cache import``: pre-seed the model cache from files, for air-gapped installs.
 
-The version (a sidecar ``model.json`` and the ONNX file it names, as published) is verified
-against the sidecar's sha256, stored in the content-addressed cache and recorded in
-``state.json`` as the model's last-known-good version: the daemon starts on it with no network.
+The version (a sidecar ``model.json`` and the ONNX file it names, as published) is read through
+the same ``file://`` source and fetcher as a sync — verified against the sidecar's sha256 while it
+is written into the content-addressed cache — and recorded in ``state.json`` as the model's
+last-known-good version: the daemon starts on it with no network.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 from pathlib import Path
 
 from agent.models.cache import CachedVersion, CacheError, ModelCache, parse_digest
+from agent.models.sources import Fetcher, FileSource, RetryPolicy
 from inference.errors import EdgeError
 
-CHUNK = 1 << 20
+
+async def _fetch(sidecar_uri: str, cache: ModelCache, name: str | None) -> CachedVersion:
+    fetcher = Fetcher({"file": FileSource()}, cache, RetryPolicy(attempts=1), 1 << 40)
+    resolved = await fetcher.resolve(sidecar_uri)
+    model = name or str(resolved.sidecar.get("name") or "")
+    if not model:
+        raise CacheError(f"{sidecar_uri}: no model name (give --name)")
+    await fetcher.fetch(resolved)
+    version = CachedVersion(resolved.version, parse_digest(resolved.digest), resolved.sidecar,
+                            resolved.source)
+    cache.remember(model, version)
+    return version
 
 
 def import_version(sidecar_path: Path, state_dir: Path, name: str | None = None) -> CachedVersion:
-    try:
-        sidecar = json.loads(sidecar_path.read_text())
-        digest = parse_digest(str(sidecar["sha256"]))
-        file = str(sidecar["file"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CacheError(f"{sidecar_path}: not a readable model sidecar: {exc}") from exc
-    if "/" in file:
-        raise CacheError(f"{sidecar_path}: 'file' must be a file name beside it")
-    model = name or str(sidecar.get("name") or "")
-    if not model:
-        raise CacheError(f"{sidecar_path}: no model name (give --name)")
-    cache = ModelCache(state_dir)
-    writer = cache.writer(digest, max_bytes=1 << 40)
-    try:
-        with (sidecar_path.parent / file).open("rb") as f:
-            while chunk := f.read(CHUNK):
-                writer.write(chunk)
-    except OSError as exc:
-        writer.abort()
-        raise CacheError(f"cannot read {sidecar_path.parent / file}: {exc.strerror}") from exc
-    writer.commit()
-    version = CachedVersion(str(sidecar.get("version") or digest[:12]), digest, sidecar,
-                            sidecar_path.resolve().as_uri())
-    state = cache.load_state()
-    state[model] = [version, *(v for v in state.get(model, []) if v.model != digest)]
-    cache.save_state(state)
-    return version
+    return asyncio.run(_fetch(sidecar_path.resolve().as_uri(), ModelCache(state_dir), name))
 
 
 def main_import(sidecar: Path, state_dir: Path, name: str | None) -> int:

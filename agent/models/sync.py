@@ -115,13 +115,9 @@ class Syncer:
         return f"swapped to {candidate.version} ({cohort}, score {score})"
 
     def _remember(self, name: str, candidate: Candidate, resolved: Resolved) -> None:
-        state = self._cache.load_state()
-        versions = [v for v in state.get(name, []) if v.model != candidate.sha256]
-        versions.insert(0, CachedVersion(candidate.version, candidate.sha256, resolved.sidecar,
-                                         candidate.source))
-        state[name] = versions[: self._keep]
-        self._cache.save_state(state)
-        self._cache.collect_garbage({v.model for vs in state.values() for v in vs})
+        version = CachedVersion(candidate.version, candidate.sha256, resolved.sidecar,
+                                candidate.source)
+        self._cache.collect_garbage(self._cache.remember(name, version, self._keep))
 
     async def run(self, interval_s: float, watch_s: float = 2.0) -> None:
         """Sync every ``interval_s``, and within ``watch_s`` of a change to a file manifest

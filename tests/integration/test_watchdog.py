@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import signal
 import socket
 import statistics
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from support import TINY_MODEL, Daemon, image_bytes
+from support import TINY_MODEL, Daemon, FifoReader, image_bytes
 
 PERIOD_S = 0.5  # WATCHDOG_USEC = 1 s: a ping every 0.5 s
 
@@ -239,17 +238,8 @@ async def test_a_blocked_event_loop_sends_no_ping_and_no_answer_until_it_turns_a
 async def test_the_daemon_feeds_a_watchdog_device_and_disarms_it_only_on_a_clean_exit(
     tmp_path, notify
 ):
-    fifo = tmp_path / "watchdog"
-    os.mkfifo(fifo)
-    got = bytearray()
-
-    def read() -> None:
-        with open(fifo, "rb") as f:
-            while chunk := f.read(1):
-                got.extend(chunk)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    reader = FifoReader(tmp_path / "watchdog")
+    fifo = reader.path
     d = start(tmp_path, notify, {"EDGE_AGENT_WATCHDOG__DEVICE": str(fifo),
                                  "EDGE_AGENT_WATCHDOG__TIMEOUT_S": "10"})
     try:
@@ -260,8 +250,9 @@ async def test_the_daemon_feeds_a_watchdog_device_and_disarms_it_only_on_a_clean
     finally:
         d.stop()
     reader.join(5)
+    got = reader.data
     assert len(got) >= 4
-    assert bytes(got[:-1]) == b"k" * (len(got) - 1)
+    assert got[:-1] == b"k" * (len(got) - 1)
     assert got[-1:] == b"V"
 
 

@@ -5,34 +5,17 @@ from __future__ import annotations
 
 import os
 import pty
-import threading
 from pathlib import Path
 
 import pytest
+from support import FifoReader
 
 from agent.watchdog.hardware import FEED, MAGIC_CLOSE, HardwareWatchdog, WatchdogUnavailableError
 
 
-class FifoReader(threading.Thread):
-    """Reads everything written to the FIFO until the writer closes it."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__(daemon=True)
-        self.path = path
-        self.data = b""
-
-    def run(self) -> None:
-        with open(self.path, "rb") as f:  # blocks until the feeder opens its end
-            while chunk := f.read(1):
-                self.data += chunk
-
-
 def fifo_dog(tmp_path: Path) -> tuple[HardwareWatchdog, FifoReader]:
-    fifo = tmp_path / "watchdog"
-    os.mkfifo(fifo)
-    reader = FifoReader(str(fifo))
-    reader.start()
-    dog = HardwareWatchdog(fifo, timeout_s=10)
+    reader = FifoReader(tmp_path / "watchdog")
+    dog = HardwareWatchdog(reader.path, timeout_s=10)
     dog.open()
     return dog, reader
 

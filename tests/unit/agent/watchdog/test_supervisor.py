@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
+
+from support import FifoReader
 
 from agent.health import Liveness
 from agent.watchdog.hardware import HardwareWatchdog
@@ -55,20 +56,10 @@ def test_systemd_period_is_half_of_watchdog_usec_for_this_pid_only():
 
 
 async def test_hardware_fed_while_live_and_left_armed_after_an_unclean_stop(tmp_path):
-    fifo = tmp_path / "dog"
-    os.mkfifo(fifo)
-    got = bytearray()
-
-    def read() -> None:
-        with open(fifo, "rb") as f:
-            while chunk := f.read(1):
-                got.extend(chunk)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    reader = FifoReader(tmp_path / "dog")
     live = {"l": LIVE}
     sup = Supervisor(lambda: live["l"], lambda: State(True, "ok"), tick_s=3600,
-                     extend_timeout_s=1, hardware=HardwareWatchdog(fifo, 10),
+                     extend_timeout_s=1, hardware=HardwareWatchdog(reader.path, 10),
                      notifier=Recorder())  # type: ignore[arg-type]
     sup.start()  # opens the device
     await asyncio.sleep(0.01)  # its loop's first tick
@@ -77,4 +68,4 @@ async def test_hardware_fed_while_live_and_left_armed_after_an_unclean_stop(tmp_
     sup.tick()
     await sup.stop(clean=False)
     reader.join(5)
-    assert bytes(got) == b"kk"  # two feeds while live, none while dead, no magic "V"
+    assert reader.data == b"kk"  # two feeds while live, none while dead, no magic "V"
