@@ -205,9 +205,16 @@ class Batcher(Generic[In, Out]):
         return live
 
     async def _run(self, instance: Instance[In, Out], batch: list[_Item[In, Out]]) -> None:
+        instance.running_since = time.monotonic()
+        try:
+            await self._attempt(instance, batch)
+        finally:
+            instance.running_since = None
+            self._idle.put_nowait(instance)
+
+    async def _attempt(self, instance: Instance[In, Out], batch: list[_Item[In, Out]]) -> None:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
-        instance.running_since = started
         try:
             outputs = await loop.run_in_executor(
                 instance.executor, instance.run, [item.payload for item in batch]
@@ -219,11 +226,18 @@ class Batcher(Generic[In, Out]):
             log.error(
                 "batch failed", extra={"model": self.name, "batch": len(batch), "error": repr(exc)}
             )
+            if len(batch) > 1:
+                # One poisoned input (a broken camera's frame) must not fail its neighbours:
+                # run each alone, so only the culprit gets the error.
+                for item in batch:
+                    if not item.future.done():
+                        await self._attempt(instance, [item])
+                return
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(
                         InferenceFailedError(
-                            f"model {self.name!r} failed on this batch",
+                            f"model {self.name!r} failed on this input",
                             {"error": type(exc).__name__},
                         )
                     )
@@ -235,9 +249,6 @@ class Batcher(Generic[In, Out]):
                     item.future.set_result(
                         (out, RunTiming(started - item.enqueued_at, ran, len(batch)))
                     )
-        finally:
-            instance.running_since = None
-            self._idle.put_nowait(instance)
 
     # -- shutdown --------------------------------------------------------------------------
     async def close(self, timeout: float) -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 from agent import __version__
 from agent.settings import Settings, SettingsError, load_settings, parse_model_spec
 from inference.errors import EdgeError
+from inference.files import check_writable_dir
 
 log = logging.getLogger("agent")
 
@@ -103,6 +104,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
+def server_limits(settings: Settings) -> dict[str, Any]:
+    """aiohttp's per-connection limits from ``settings.limits``."""
+    limits = settings.limits
+    return {
+        # aiohttp arms this timer when a connection opens and re-arms it after each answer; it
+        # closes a connection whose next request has not fully arrived by then.
+        "keepalive_timeout": limits.idle_timeout_s,
+        "max_line_size": limits.max_header_bytes,
+        "max_field_size": limits.max_header_bytes,
+        "max_headers": limits.max_headers,
+        # After a refusal (413, 408) the rest of the body is not read at all: no lingering.
+        "lingering_time": 0,
+    }
+
+
 def serve(settings: Settings) -> int:
     from aiohttp import web
 
@@ -111,6 +127,12 @@ def serve(settings: Settings) -> int:
     from agent.logs import setup_logging
 
     setup_logging(settings.log_level, settings.log_format)
+    try:
+        check_writable_dir(settings.state_dir, "state_dir")
+    except EdgeError as exc:
+        log.error("cannot start", extra={"error": exc.message})
+        print(f"edge-agent: cannot start: {exc.message}", file=sys.stderr)
+        return 2
     for model in settings.models:
         if not model.path.is_file():
             log.error("model file not found", extra={"model": model.name, "path": str(model.path)})
@@ -133,6 +155,7 @@ def serve(settings: Settings) -> int:
             handle_signals=False,
             print=None,
             access_log=logging.getLogger("aiohttp.access") if settings.log_requests else None,
+            **server_limits(settings),
         )
     except OSError as exc:
         log.error(

@@ -37,6 +37,10 @@ class PayloadTooLargeError(EdgeError):
     """The body is larger than ``limits.max_body_bytes``."""
 
 
+class BodyTimeoutError(EdgeError):
+    """The body did not arrive within ``limits.body_timeout_s`` (a slow or stalled client)."""
+
+
 class UnsupportedMediaTypeError(EdgeError):
     """A Content-Type the endpoint does not accept."""
 

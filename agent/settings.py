@@ -151,10 +151,24 @@ class RuntimeSettings:
 class LimitSettings:
     max_body_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 50_000_000
+    # A body must arrive whole within this long of its headers (slow-body clients: 408).
+    body_timeout_s: float = 10.0
+    # A connection with no complete request for this long is closed: an idle keep-alive
+    # connection, and one dribbling its headers (slowloris), alike.
+    idle_timeout_s: float = 15.0
+    max_header_bytes: int = 8190  # one header line (request line, or name + value)
+    max_headers: int = 64  # header lines per request
 
     def validate(self, where: str) -> None:
         _check(self.max_body_bytes >= 1024, f"{where}.max_body_bytes", "must be >= 1024")
         _check(self.max_image_pixels >= 1, f"{where}.max_image_pixels", "must be >= 1")
+        _check(self.body_timeout_s > 0, f"{where}.body_timeout_s", "must be > 0")
+        _check(self.idle_timeout_s > 0, f"{where}.idle_timeout_s", "must be > 0")
+        _check(
+            256 <= self.max_header_bytes <= 1 << 20, f"{where}.max_header_bytes",
+            "must be in 256..1048576",
+        )
+        _check(8 <= self.max_headers <= 1024, f"{where}.max_headers", "must be in 8..1024")
 
 
 @dataclass

@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from inference.errors import EdgeError
+
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to a temp file beside ``path``, fsync it, rename it over ``path``.
@@ -35,3 +37,24 @@ def fsync_dir(path: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+class NotWritableError(EdgeError):
+    """A directory the daemon must write to cannot be created or written."""
+
+
+def check_writable_dir(path: Path, what: str) -> None:
+    """Create ``path`` if missing and prove a file can be written in it, so that a read-only,
+    full or foreign-owned directory stops start-up with one clear line, not a traceback later
+    in the middle of a model update."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path) as probe:
+            probe.write(b"probe")
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise NotWritableError(
+            f"{what} {path} is not writable: {reason}", {"path": str(path)}
+        ) from None

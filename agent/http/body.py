@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable
+from typing import TypeVar
+
 from aiohttp import BodyPartReader, StreamReader, web
 
-from agent.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from agent.errors import (
+    BadRequestError,
+    BodyTimeoutError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
+
+T = TypeVar("T")
 
 IMAGE_TYPES = frozenset(
     {"image/jpeg", "image/jpg", "image/pjpeg", "image/png", "application/octet-stream"}
@@ -37,30 +49,50 @@ def check_length(request: web.Request, max_bytes: int) -> None:
         )
 
 
-async def read_image(request: web.Request, max_bytes: int) -> bytes:
+class _Deadline:
+    """The whole body must be in by ``timeout_s`` from now: a client dribbling a byte a second
+    holds a connection and a buffer, so it gets a 408 rather than our patience."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.at = time.monotonic() + timeout_s
+
+    async def __call__(self, step: Awaitable[T]) -> T:
+        try:
+            return await asyncio.wait_for(step, max(0.0, self.at - time.monotonic()))
+        except asyncio.TimeoutError:
+            raise BodyTimeoutError(
+                f"the body did not arrive within {self.timeout_s:g} s",
+                {"body_timeout_s": self.timeout_s},
+            ) from None
+
+
+async def read_image(request: web.Request, max_bytes: int, timeout_s: float) -> bytes:
     """The image bytes of a detect request (headers already passed :func:`check_headers`);
-    stops reading as soon as the limit is passed."""
+    stops reading as soon as the limit is passed or ``timeout_s`` is up."""
+    deadline = _Deadline(timeout_s)
     if request.content_type == "multipart/form-data":
-        data = await _read_multipart(request, max_bytes)
+        data = await _read_multipart(request, max_bytes, deadline)
     else:
-        data = await _read_stream(request.content, max_bytes)
+        data = await _read_stream(request.content, max_bytes, deadline)
     if not data:
         raise BadRequestError("empty body: send the image bytes")
     return data
 
 
-async def read_body(request: web.Request, max_bytes: int) -> bytes:
-    """The whole body, refused as soon as it passes ``max_bytes`` (chunked bodies too)."""
-    data = await _read_stream(request.content, max_bytes)
+async def read_body(request: web.Request, max_bytes: int, timeout_s: float) -> bytes:
+    """The whole body, refused as soon as it passes ``max_bytes`` (chunked bodies too) or
+    ``timeout_s`` is up."""
+    data = await _read_stream(request.content, max_bytes, _Deadline(timeout_s))
     if not data:
         raise BadRequestError("empty body")
     return data
 
 
-async def _read_stream(stream: StreamReader, max_bytes: int) -> bytes:
+async def _read_stream(stream: StreamReader, max_bytes: int, deadline: _Deadline) -> bytes:
     buf = bytearray()
     while True:
-        chunk = await stream.read(_CHUNK)
+        chunk = await deadline(stream.read(_CHUNK))
         if not chunk:
             return bytes(buf)
         buf += chunk
@@ -70,11 +102,11 @@ async def _read_stream(stream: StreamReader, max_bytes: int) -> bytes:
             )
 
 
-async def _read_multipart(request: web.Request, max_bytes: int) -> bytes:
+async def _read_multipart(request: web.Request, max_bytes: int, deadline: _Deadline) -> bytes:
     try:
         reader = await request.multipart()
         while True:
-            part = await reader.next()
+            part = await deadline(reader.next())
             if part is None:
                 raise BadRequestError("multipart body has no file part")
             if not isinstance(part, BodyPartReader):
@@ -82,13 +114,13 @@ async def _read_multipart(request: web.Request, max_bytes: int) -> bytes:
             if part.filename is None and not part.headers.get("Content-Type", "").startswith(
                 "image/"
             ):
-                await part.release()  # a plain form field
+                await deadline(part.release())  # a plain form field
                 continue
             ptype = part.headers.get("Content-Type", "application/octet-stream").split(";")[0]
             if ptype.strip().lower() not in IMAGE_TYPES:
                 raise UnsupportedMediaTypeError(f"unsupported file part type {ptype!r}")
             buf = bytearray()
-            while chunk := await part.read_chunk(_CHUNK):
+            while chunk := await deadline(part.read_chunk(_CHUNK)):
                 buf += chunk
                 if len(buf) > max_bytes:
                     raise PayloadTooLargeError(

@@ -11,6 +11,7 @@ from aiohttp import web
 from agent.errors import (
     AdminDisabledError,
     BadRequestError,
+    BodyTimeoutError,
     ConflictError,
     DeadlineExceededError,
     DrainingError,
@@ -47,6 +48,7 @@ STATUS: tuple[tuple[type[EdgeError], int, str], ...] = (
     (UnauthorizedError, 401, "unauthorized"),
     (ConflictError, 409, "conflict"),
     (SwapRejectedError, 409, "rejected"),
+    (BodyTimeoutError, 408, "body_timeout"),
     (PayloadTooLargeError, 413, "too_large"),
     (ImageTooLargeError, 413, "too_large"),
     (UnsupportedMediaTypeError, 415, "unsupported_media_type"),
@@ -57,6 +59,10 @@ STATUS: tuple[tuple[type[EdgeError], int, str], ...] = (
     (DeadlineExceededError, 504, "deadline"),
     (InferenceFailedError, 500, "inference_failed"),
 )
+
+
+# Refusals that may leave a body half-read on the socket.
+_BODY_LEFT_UNREAD = frozenset({408, 413})
 
 
 def status_for(exc: EdgeError) -> tuple[int, str]:
@@ -93,7 +99,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 "request failed",
                 extra={"path": request.path, "status": status, "error": exc.message},
             )
-        return error_response(status, exc.message, exc.detail, headers)
+        resp = error_response(status, exc.message, exc.detail, headers)
+        if status in _BODY_LEFT_UNREAD:
+            # The rest of the body is not wanted: close instead of reading it to the end.
+            resp.force_close()
+        return resp
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

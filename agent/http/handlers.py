@@ -36,7 +36,8 @@ async def detect(request: web.Request) -> web.Response:
         raise DrainingError("shutting down")
     check_headers(request, settings.limits.max_body_bytes)
     service.check_admission(name, "yolov8")
-    image = await read_image(request, settings.limits.max_body_bytes)
+    limits = settings.limits
+    image = await read_image(request, limits.max_body_bytes, limits.body_timeout_s)
     result = await service.detect(
         name,
         image,

@@ -79,7 +79,9 @@ async def infer(request: web.Request) -> web.Response:
     deadline_s = deadline_from(request)
     check_length(request, settings.limits.max_body_bytes)
     service.check_admission(name, "tensor")
-    body = await read_body(request, settings.limits.max_body_bytes)
+    body = await read_body(
+        request, settings.limits.max_body_bytes, settings.limits.body_timeout_s
+    )
     # A JSON body of megabytes takes a while to parse: not on the event loop.
     parsed = await asyncio.get_running_loop().run_in_executor(
         app[keys.PRE_POOL], parse_infer_request, body, request.headers.get(HEADER_LENGTH)

@@ -14,6 +14,7 @@ from pathlib import Path
 from agent.models.cache import CachedVersion, CacheError, ModelCache, parse_digest
 from agent.models.sources import Fetcher, FileSource, RetryPolicy
 from inference.errors import EdgeError
+from inference.files import check_writable_dir
 
 
 async def _fetch(sidecar_uri: str, cache: ModelCache, name: str | None) -> CachedVersion:
@@ -35,6 +36,7 @@ def import_version(sidecar_path: Path, state_dir: Path, name: str | None = None)
 
 def main_import(sidecar: Path, state_dir: Path, name: str | None) -> int:
     try:
+        check_writable_dir(state_dir, "state_dir")
         version = import_version(sidecar, state_dir, name)
     except EdgeError as exc:
         print(f"edge-agent: {exc.message}")

@@ -14,10 +14,11 @@ from agent.errors import DeadlineExceededError, DrainingError, InferenceFailedEr
 class Model:
     """A stand-in model run: records each batch, optionally blocks until released."""
 
-    def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
+    def __init__(self, delay: float = 0.0, fail: bool = False, poison: int | None = None) -> None:
         self.batches: list[list[int]] = []
         self.delay = delay
         self.fail = fail
+        self.poison = poison  # a batch holding this value raises
         self.gate = threading.Event()
         self.gate.set()
 
@@ -25,7 +26,7 @@ class Model:
         self.gate.wait(10)
         time.sleep(self.delay)
         self.batches.append(list(items))
-        if self.fail:
+        if self.fail or self.poison in items:
             raise RuntimeError("CUDA error: an illegal memory access")
         return [i * 10 for i in items]
 
@@ -121,6 +122,23 @@ async def test_a_failing_batch_fails_only_its_requests():
     model.fail = False
     assert (await submit(b, 2))[0] == 20
     assert b.failed_batches == 1
+    await b.close(1)
+
+
+async def test_a_poisoned_input_fails_alone_and_its_batch_neighbours_are_answered():
+    model = Model(poison=2)
+    model.gate.clear()
+    b = make(model, max_batch=3)
+    tasks = [asyncio.create_task(submit(b, i)) for i in range(4)]
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert [r[0] if isinstance(r, tuple) else type(r) for r in results] == [
+        0, 10, InferenceFailedError, 30
+    ]
+    # [0, 1, 2] failed and each ran alone: only [2] failed again.
+    assert model.batches == [[0, 1, 2], [0], [1], [2], [3]]
+    assert b.failed_batches == 2
     await b.close(1)
 
 

@@ -1,0 +1,162 @@
+"""Clients that misbehave at the socket level, against a real daemon process on a real port:
+slow bodies, dribbled headers (slowloris), idle connections, oversized headers, endless chunked
+bodies. None of them may hold a connection for long, cost memory past the limits, or stop the
+daemon answering everyone else."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import aiohttp
+import pytest
+from support import TINY_MODEL, Daemon, image_bytes
+
+LIMITS = {
+    "EDGE_AGENT_LIMITS__BODY_TIMEOUT_S": "1",
+    "EDGE_AGENT_LIMITS__IDLE_TIMEOUT_S": "1.5",
+    "EDGE_AGENT_LIMITS__MAX_BODY_BYTES": str(1024 * 1024),
+}
+DETECT = "/v1/models/tiny/detect"
+
+
+@pytest.fixture
+async def daemon(tmp_path):
+    d = Daemon(["--state-dir", str(tmp_path / "state"), "--model", f"tiny={TINY_MODEL}"], env=LIMITS)
+    try:
+        await d.wait_ready()
+        yield d
+    finally:
+        d.stop()
+
+
+async def still_serves(d: Daemon) -> None:
+    async with aiohttp.ClientSession() as http, http.post(
+        d.url + DETECT, data=image_bytes("coffee-600x400.jpg"),
+        headers={"Content-Type": "image/jpeg"},
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict, bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+    body = await asyncio.wait_for(reader.readexactly(int(headers.get("content-length", 0))), 10)
+    return status, headers, body
+
+
+async def closed_by_peer(reader: asyncio.StreamReader, within_s: float) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(65536), within_s) == b""
+    except ConnectionResetError:
+        return True
+    except asyncio.TimeoutError:
+        return False
+
+
+async def test_a_slow_body_gets_408_within_the_body_timeout_and_the_connection_closes(daemon):
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+    writer.write(
+        f"POST {DETECT} HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        "Content-Length: 100000\r\n\r\n".encode()
+    )
+    started = time.monotonic()
+    dribble = asyncio.create_task(_dribble(writer, b"\xff", every_s=0.2))
+    try:
+        status, headers, body = await read_response(reader)
+        took = time.monotonic() - started
+    finally:
+        dribble.cancel()
+    assert status == 408
+    assert json.loads(body)["detail"] == {"body_timeout_s": 1.0}
+    assert headers.get("connection", "").lower() == "close"
+    assert took < 5, took
+    assert await closed_by_peer(reader, 3)
+    writer.close()
+    await still_serves(daemon)
+
+
+async def _dribble(writer: asyncio.StreamWriter, data: bytes, every_s: float) -> None:
+    try:
+        while True:
+            writer.write(data)
+            await writer.drain()
+            await asyncio.sleep(every_s)
+    except (ConnectionError, OSError):
+        pass  # the server hung up: the point
+
+
+async def test_dribbled_headers_and_idle_connections_are_closed_and_others_still_served(daemon):
+    conns = [await asyncio.open_connection("127.0.0.1", daemon.port) for _ in range(40)]
+    dribblers = []
+    for i, (_, writer) in enumerate(conns[:30]):
+        writer.write(f"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow-{i}: ".encode())
+        dribblers.append(asyncio.create_task(_dribble(writer, b"a", every_s=0.2)))
+    # conns[30:] open and send nothing at all.
+    try:
+        await still_serves(daemon)  # while 40 connections are held open
+        closed = await asyncio.gather(*(closed_by_peer(r, 6) for r, _ in conns))
+    finally:
+        for task in dribblers:
+            task.cancel()
+        for _, writer in conns:
+            writer.close()
+    assert all(closed), f"{closed.count(False)} of {len(conns)} connections still open"
+    await still_serves(daemon)
+
+
+@pytest.mark.parametrize(
+    ("headers", "why"),
+    [
+        ("X-Big: " + "a" * 20_000 + "\r\n", "one header line of 20 KB"),
+        ("".join(f"X-H{i}: v\r\n" for i in range(200)), "200 header lines"),
+    ],
+)
+async def test_oversized_headers_are_refused_without_harm(daemon, headers, why):
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+    writer.write(f"GET /health HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
+    await writer.drain()
+    status, _, _ = await read_response(reader)
+    assert status in (400, 431), why
+    assert await closed_by_peer(reader, 3), why
+    writer.close()
+    await still_serves(daemon)
+
+
+async def test_an_endless_chunked_body_stops_being_read_at_the_limit(daemon):
+    limit = int(LIMITS["EDGE_AGENT_LIMITS__MAX_BODY_BYTES"])
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+    writer.write(
+        f"POST {DETECT} HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n".encode()
+    )
+    chunk = b"10000\r\n" + b"\xff" * 0x10000 + b"\r\n"
+    sent = 0
+    answer: list[int] = []
+
+    async def listen() -> None:
+        try:
+            status, _, _ = await read_response(reader)
+            answer.append(status)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # reset before the answer could be read: a refusal too
+
+    listener = asyncio.create_task(listen())
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < 20:  # 20 s at loopback speed: gigabytes if read on
+            writer.write(chunk)
+            await asyncio.wait_for(writer.drain(), 5)
+            sent += len(chunk)
+    except (ConnectionError, OSError, asyncio.TimeoutError):
+        pass
+    await asyncio.wait_for(listener, 10)
+    writer.close()
+    # What the kernel's socket buffers hold on both sides comes on top of the limit.
+    print(f"sent {sent / 1e6:.1f} MB before the server stopped reading (limit {limit / 1e6} MB)")
+    assert sent < limit + 32 * 1024 * 1024
+    assert answer in ([413], [])
+    await still_serves(daemon)
