@@ -124,8 +124,12 @@ class Syncer:
         (a ConfigMap update swaps a symlink: ``stat`` follows it to the new file)."""
         while True:
             seen = self._manifest_stamp()
-            report = await self.sync()
-            log.info("model sync", extra={"report": report})
+            try:
+                report = await self.sync()
+            except Exception:  # a bug must not end syncing for the months the node runs
+                log.exception("model sync failed")
+            else:
+                log.info("model sync", extra={"report": report})
             deadline = time.monotonic() + interval_s
             while time.monotonic() < deadline:
                 await asyncio.sleep(min(watch_s, interval_s) if watch_s > 0 else interval_s)

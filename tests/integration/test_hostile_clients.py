@@ -23,7 +23,8 @@ DETECT = "/v1/models/tiny/detect"
 
 @pytest.fixture
 async def daemon(tmp_path):
-    d = Daemon(["--state-dir", str(tmp_path / "state"), "--model", f"tiny={TINY_MODEL}"], env=LIMITS)
+    args = ["--state-dir", str(tmp_path / "state"), "--model", f"tiny={TINY_MODEL}"]
+    d = Daemon(args, env=LIMITS)
     try:
         await d.wait_ready()
         yield d

@@ -1,0 +1,177 @@
+"""Faults from below: a model run that raises, a full disk under the model cache, a state dir
+that is read-only, missing or not a directory. The daemon answers, keeps serving and says what
+is wrong in one line. (A model that hangs is test_watchdog.py's wedge test.)"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from lifecycle_helpers import (
+    AUTH,
+    FUSION,
+    fusion_model,
+    models,
+    publish,
+    summary,
+    write_manifest,
+)
+from onnx import TensorProto, helper, numpy_helper
+from support import TINY_MODEL, require
+
+
+def lookup_model(path: Path) -> Path:
+    """``out = table[idx]``: an index outside 0..9 makes ONNX Runtime raise inside the run,
+    as a corrupt input or a driver fault would."""
+    table = numpy_helper.from_array(np.arange(20, dtype=np.float32).reshape(10, 2), "table")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "idx"], ["out"], axis=0)],
+        "lookup",
+        [helper.make_tensor_value_info("idx", TensorProto.INT64, ["N", 1])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 1, 2])],
+        [table],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def infer_body(index: int) -> dict:
+    return {"inputs": [{"name": "idx", "shape": [1, 1], "datatype": "INT64", "data": [index]}]}
+
+
+async def test_a_run_that_raises_fails_only_its_own_request_and_is_counted(
+    client_factory, settings_factory, tmp_path
+):
+    settings = settings_factory(**{
+        "models": [{"name": "lookup", "path": str(lookup_model(tmp_path / "lookup.onnx")),
+                    "kind": "tensor"}],
+        # Wait for company, so the poisoned request shares a batch with good ones.
+        "batching.max_batch": 8,
+        "batching.max_delay_ms": 50,
+    })
+    client = await client_factory(settings)
+
+    async def infer(index: int) -> tuple[int, dict]:
+        resp = await client.post("/v2/models/lookup/infer", json=infer_body(index))
+        return resp.status, await resp.json()
+
+    answers = await asyncio.gather(*(infer(i) for i in (1, 2, 99, 3, 4)))
+    for (status, body), index in zip(answers, (1, 2, 99, 3, 4), strict=True):
+        if index == 99:
+            assert status == 500, body
+            assert "failed on this input" in body["error"]
+        else:
+            assert status == 200, body
+            assert body["outputs"][0]["data"] == [2.0 * index, 2.0 * index + 1]
+    status, body = await infer(5)
+    assert status == 200
+    assert body["outputs"][0]["data"] == [10.0, 11.0]
+    got = await summary(client)
+    key = (("model", "lookup"), ("reason", "inference_failed"))
+    assert got[("edge_requests_rejected_total", key)] == 1
+    assert (await client.get("/livez")).status == 200
+    assert (await client.get("/health")).status == 200
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs: a disk that fills up (needs root to mount; CI runs as root)."""
+    require(os.geteuid() == 0 and bool(shutil_which("mount")), "root and mount(8)")
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def shutil_which(name: str) -> str | None:
+    import shutil
+
+    return shutil.which(name)
+
+
+def fill(disk: Path, leave_bytes: int) -> Path:
+    st = os.statvfs(disk)
+    filler = disk / "filler"
+    filler.write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - leave_bytes))
+    return filler
+
+
+async def test_a_full_disk_while_caching_a_version_keeps_the_old_cache_and_says_why(
+    lifecycle, versions, client_factory, small_disk, tmp_path
+):
+    manifest, make = lifecycle
+    write_manifest(manifest, versions["1.0.1"])
+    settings = make(state_dir=small_disk / "state")
+    client = await client_factory(settings)
+    report = await (await client.post("/v1/admin/sync", headers=AUTH)).json()
+    assert report["report"]["fusion"].startswith("swapped to 1.0.1"), report
+    state_file = settings.state_dir / "models" / "state.json"
+    blobs = settings.state_dir / "models" / "blobs" / "sha256"
+    state_before = state_file.read_bytes()
+    (blob_before,) = blobs.iterdir()
+    digest_before = hashlib.sha256(blob_before.read_bytes()).hexdigest()
+
+    filler = fill(small_disk, leave_bytes=64 * 1024)  # the new version is 198 KB
+    write_manifest(manifest, publish(tmp_path / "v103", fusion_model("1.0.3"), "1.0.3"))
+    report = await (await client.post("/v1/admin/sync", headers=AUTH)).json()
+    assert report["report"]["fusion"] == (
+        "refused: cannot write to the model cache: No space left on device"
+    ), report
+    assert state_file.read_bytes() == state_before
+    assert list(blobs.iterdir()) == [blob_before]  # no half-written blob, no temp file
+    assert hashlib.sha256(blob_before.read_bytes()).hexdigest() == digest_before
+    assert (await models(client))["fusion"]["version"] == "1.0.1"
+    sample = (FUSION.folder / "sample-request.json").read_bytes()
+    assert (await client.post("/v2/models/fusion/infer", data=sample)).status == 200
+
+    filler.unlink()  # space again: the next sync takes the update
+    report = await (await client.post("/v1/admin/sync", headers=AUTH)).json()
+    assert report["report"]["fusion"].startswith("swapped to 1.0.3"), report
+    assert json.loads(state_file.read_text())["models"]["fusion"][0]["version"] == "1.0.3"
+
+
+def serve(state_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+    return subprocess.run(
+        [sys.executable, "-m", "agent", "serve", "--port", "0", "--state-dir", str(state_dir),
+         "--model", f"tiny={TINY_MODEL}", "--log-format", "text"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+
+
+def assert_clear_start_up_error(done: subprocess.CompletedProcess[str], needle: str) -> None:
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert needle in done.stderr, output
+    assert "Traceback" not in output
+
+
+def test_a_read_only_state_dir_stops_start_up_with_one_clear_line(tmp_path):
+    require(os.geteuid() == 0 and bool(shutil_which("mount")), "root and mount(8)")
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+        done = serve(mnt)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    assert_clear_start_up_error(done, f"state_dir {mnt} is not writable: Read-only file system")
+
+
+def test_a_missing_state_dir_is_created_and_one_that_cannot_be_is_a_clear_error(tmp_path):
+    (tmp_path / "a-file").write_text("not a directory")
+    done = serve(tmp_path / "a-file" / "state")
+    assert_clear_start_up_error(done, "is not writable: Not a directory")
+    done = serve(tmp_path / "a-file")
+    assert_clear_start_up_error(done, "is not writable: File exists")
