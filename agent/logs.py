@@ -4,10 +4,25 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+# Secrets that can ride along in a message (a URL's user:password, an Authorization value):
+# masked in every line, whatever logged them.
+_SECRETS = (
+    (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@\"']*:)[^@\s/\"']+@", re.IGNORECASE), r"\1***@"),
+    (re.compile(r"\b(Bearer|Basic|bearer)(\s+)[A-Za-z0-9._~+/=-]{6,}"), r"\1\2***"),
+)
+
+
+def redact(text: str) -> str:
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 class JsonFormatter(logging.Formatter):
@@ -24,7 +39,7 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return redact(json.dumps(entry, default=str))
 
 
 class TextFormatter(logging.Formatter):
@@ -34,7 +49,9 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         extra = {k: v for k, v in vars(record).items() if k not in _STANDARD and k[:1] != "_"}
-        return line + ("  " + " ".join(f"{k}={v}" for k, v in extra.items()) if extra else "")
+        return redact(
+            line + ("  " + " ".join(f"{k}={v}" for k, v in extra.items()) if extra else "")
+        )
 
 
 def setup_logging(level: str = "info", fmt: str = "auto") -> None:

@@ -8,6 +8,7 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 from aiohttp import BodyPartReader, StreamReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from agent.errors import (
     BadRequestError,
@@ -128,5 +129,6 @@ async def _read_multipart(request: web.Request, max_bytes: int, deadline: _Deadl
                         {"max_bytes": max_bytes},
                     )
             return bytes(buf)
-    except (ValueError, AssertionError, KeyError) as exc:  # aiohttp's malformed-multipart errors
+    # aiohttp's malformed-multipart errors (a bad part header is an HttpProcessingError)
+    except (ValueError, AssertionError, KeyError, HttpProcessingError) as exc:
         raise BadRequestError(f"malformed multipart body: {exc}") from exc

@@ -37,6 +37,8 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
         doc = json.loads(header)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequestError(f"the inference request is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequestError("the inference request is nested too deeply") from None
     if not isinstance(doc, dict):
         raise BadRequestError("the inference request must be a JSON object")
     raw_inputs = doc.get("inputs")
@@ -89,7 +91,7 @@ def _parse_input(
     if not isinstance(name, str) or not name:
         raise BadRequestError(f"{where}.name must be a non-empty string")
     where = f"input {name!r}"
-    if datatype not in NUMPY_DTYPES:
+    if not isinstance(datatype, str) or datatype not in NUMPY_DTYPES:
         raise BadRequestError(
             f"{where}: datatype {datatype!r} is not supported", {"supported": list(NUMPY_DTYPES)}
         )

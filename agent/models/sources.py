@@ -82,7 +82,8 @@ class Source(Protocol):
 
 def _beside(ref: str, sidecar: dict[str, Any]) -> str:
     file = str(sidecar["file"])
-    if "/" in file or file in ("", ".", ".."):
+    # Unquoted too: a file source unquotes the URL, so "..%2F" would climb out of the share.
+    if any(c in unquote(file) for c in "/\\") or unquote(file) in ("", ".", ".."):
         raise SourceError(f"{ref}: sidecar 'file' must be a file name beside it", file)
     return urljoin(ref, file)
 
