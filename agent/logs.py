@@ -1,12 +1,21 @@
-"""Logging to stderr: one line per event, JSON when stderr is not a terminal (journald, kubelet)."""
+"""Logging to stderr: one line per event, JSON when stderr is not a terminal (journald, kubelet).
+
+Lines are written by a thread of their own: a stderr that stops draining (a stuck pipe, a
+full journal) must never block the event loop. When the writer falls that far behind, lines are
+dropped, counted, and the count is written once it catches up.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import queue
 import re
 import sys
+import threading
 import time
+from typing import TextIO
 
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
@@ -54,9 +63,52 @@ class TextFormatter(logging.Formatter):
         )
 
 
+class BackgroundHandler(logging.Handler):
+    """Formats on the caller's thread (CPU only), writes on its own thread (the blocking part)."""
+
+    def __init__(self, stream: TextIO, max_lines: int = 10_000) -> None:
+        super().__init__()
+        self._stream = stream
+        self._lines: queue.Queue[str | None] = queue.Queue(max_lines)
+        self.dropped = 0
+        self._writer = threading.Thread(target=self._write, name="log-writer", daemon=True)
+        self._writer.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        try:
+            self._lines.put_nowait(line)
+        except queue.Full:
+            self.dropped += 1
+
+    def _write(self) -> None:
+        reported = 0
+        while (line := self._lines.get()) is not None:
+            try:
+                self._stream.write(line + "\n")
+                if self.dropped > reported and self._lines.empty():
+                    gone, reported = self.dropped - reported, self.dropped
+                    self._stream.write(f"{gone} log lines dropped: stderr was not draining\n")
+                self._stream.flush()
+            except (OSError, ValueError):
+                pass  # stderr gone: nothing better to do with a log line
+
+    def close(self) -> None:
+        """Write what is queued (up to 2 s: a stuck stderr must not hang the exit)."""
+        if self._writer.is_alive():
+            with contextlib.suppress(queue.Full):
+                self._lines.put(None, timeout=2)
+            self._writer.join(2)
+        super().close()
+
+
 def setup_logging(level: str = "info", fmt: str = "auto") -> None:
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BackgroundHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

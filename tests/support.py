@@ -185,20 +185,32 @@ class Daemon:
             stderr=subprocess.STDOUT,
             text=True,
         )
-        self.output = ""
+        # Drained as it comes, as journald or kubelet would: a pipe nobody reads fills up.
+        self._lines: list[str] = []
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self._lines)
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
         self.proc.send_signal(sig)
 
     def wait(self, timeout: float = 60) -> int:
         try:
-            out, _ = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, _ = self.proc.communicate()
-            self.output += out or ""
+            self.proc.wait()
+            self._reader.join(5)
             raise
-        self.output += out or ""
+        self._reader.join(5)
         return self.proc.returncode
 
     def stop(self) -> None:

@@ -94,7 +94,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         status, reason = status_for(exc)
         request[keys.REJECTION] = reason
         headers = _retry_after(exc) if status == 503 else None
-        if status >= 500:
+        # Refusals (503 shed, 504 deadline) are counted, not logged: under overload a line per
+        # refused frame would be hundreds a second.
+        if status >= 500 and status not in (503, 504):
             log.warning(
                 "request failed",
                 extra={"path": request.path, "status": status, "error": exc.message},

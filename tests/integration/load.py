@@ -63,7 +63,7 @@ async def _one(
             if resp.status >= 400:
                 reason = payload.decode(errors="replace")[:200]
             into.answers.append(Answer(sent, resp.status, time.monotonic() - sent, reason))
-    except aiohttp.ClientError as exc:
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         into.answers.append(Answer(sent, 0, time.monotonic() - sent, repr(exc)))
 
 

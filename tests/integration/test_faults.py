@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -25,7 +27,7 @@ from lifecycle_helpers import (
     write_manifest,
 )
 from onnx import TensorProto, helper, numpy_helper
-from support import TINY_MODEL, require
+from support import TINY_MODEL, free_port, require
 
 
 def lookup_model(path: Path) -> Path:
@@ -175,3 +177,49 @@ def test_a_missing_state_dir_is_created_and_one_that_cannot_be_is_a_clear_error(
     assert_clear_start_up_error(done, "is not writable: Not a directory")
     done = serve(tmp_path / "a-file")
     assert_clear_start_up_error(done, "is not writable: File exists")
+
+
+def test_a_stderr_nobody_reads_does_not_wedge_the_daemon(tmp_path):
+    """Debug logging and a line per request into a pipe that is never read (a stuck journald,
+    a full log pipe): the 64 KiB pipe fills within a few hundred requests; the daemon must go on
+    answering, dropping log lines rather than blocking its event loop on the write."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+    env.update({"EDGE_AGENT_LOG_LEVEL": "debug", "EDGE_AGENT_LOG_REQUESTS": "true"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--state-dir", str(tmp_path / "state"), "--model", f"tiny={TINY_MODEL}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        answered = asyncio.run(_cameras(f"http://127.0.0.1:{port}", cameras=8, frames=200))
+        assert answered == 1600
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def _cameras(url: str, cameras: int, frames: int) -> int:
+    answered = 0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        for _ in range(600):
+            try:
+                async with http.get(url + "/health") as resp:
+                    if resp.status == 200:
+                        break
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)
+        frame = cv2.imencode(".jpg", np.zeros((64, 64, 3), np.uint8))[1].tobytes()
+
+        async def camera() -> None:
+            nonlocal answered
+            for _ in range(frames):  # a "detect" line (~300 B) per frame: ~500 KB in all
+                async with http.post(url + "/v1/models/tiny/detect", data=frame,
+                                     headers={"Content-Type": "image/jpeg"}) as resp:
+                    assert resp.status == 200
+                    answered += 1
+
+        await asyncio.gather(*(camera() for _ in range(cameras)))
+    return answered
