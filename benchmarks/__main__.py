@@ -1,4 +1,4 @@
-"""``python -m benchmarks latency|gpu`` (see README, "Performance")."""
+"""``python -m benchmarks run|latency|gpu`` (see README, "Performance")."""
 
 from __future__ import annotations
 
@@ -21,7 +21,25 @@ def main() -> int:
     lat.add_argument("--warmup", type=int, default=5)
     lat.add_argument("--providers", default="cpu", help="comma-separated, e.g. cuda,cpu")
     sub.add_parser("gpu", help="TensorRT/CUDA providers, parity and latency on a GPU node")
+    run = sub.add_parser("run", help="every PERFORMANCE.md target in one run (floor, daemon, "
+                         "peer, sweep, overload, swap, cold start); writes benchmarks/results/")
+    run.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    run.add_argument("--frame", type=Path, default=DEFAULT_FRAME)
+    run.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                     help="ONNX Runtime intra-op threads, for the daemon and the floor alike")
+    run.add_argument("--rounds", type=int, default=40, help="interleaved single-stream rounds")
+    run.add_argument("--fps", type=float, default=2.0, help="frames/s per simulated camera")
+    run.add_argument("--cameras", type=lambda v: [int(x) for x in v.split(",")],
+                     default=[1, 2, 4, 6, 8, 10, 12, 16, 24], help="the sweep, e.g. 1,2,4,8")
+    run.add_argument("--step-s", type=float, default=8.0, help="seconds per sweep step")
+    run.add_argument("--peer-python", help="the interpreter Ultralytics is installed in "
+                     "(default: $EDGE_BENCH_PEER_PYTHON, this one, /opt/refvenv/bin/python)")
+    run.add_argument("--workdir", type=Path, default=Path("/tmp/edge-agent-bench"))
     args = ap.parse_args()
+    if args.cmd == "run":
+        from benchmarks.run import main as run_main
+
+        return run_main(args)
     if args.cmd == "gpu":
         from benchmarks.gpu_check import gpu_check
 
