@@ -489,14 +489,9 @@ def plot(report: Report, stem: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 4))
     for q in ("p50", "p95", "p99"):
         ax.plot(offered, [r[q] for r in rows], marker="o", label=q)
-    ax.set_xlabel("offered load (frames/s)")
-    ax.set_ylabel("latency of answered frames (ms)")
     ax.set_yscale("log")
-    ax.legend()
-    ax.grid(True, alpha=0.3)
-    latency = stem.with_name(stem.name + "-latency.png")
-    fig.tight_layout()
-    fig.savefig(latency, dpi=100)
+    latency = _save(fig, ax, "offered load (frames/s)", "latency of answered frames (ms)",
+                    stem.with_name(stem.name + "-latency.png"))
     fig, ax = plt.subplots(figsize=(6, 4))
     cams = [r["cameras"] for r in rows]
     ax.plot(cams, [r["achieved"] for r in rows], marker="o", label="answered 200 (1 session)")
@@ -507,14 +502,19 @@ def plot(report: Report, stem: Path) -> list[Path]:
     ax.plot(cams, offered, linestyle="--", label="offered")
     ax.axhline(max(report.raw_throughput.values()), color="grey", linestyle=":",
                label="best raw ORT")
-    ax.set_xlabel("cameras")
-    ax.set_ylabel("frames/s")
+    throughput = _save(fig, ax, "cameras", "frames/s",
+                       stem.with_name(stem.name + "-throughput.png"))
+    return [latency, throughput]
+
+
+def _save(fig: Any, ax: Any, xlabel: str, ylabel: str, path: Path) -> Path:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.legend()
     ax.grid(True, alpha=0.3)
-    throughput = stem.with_name(stem.name + "-throughput.png")
     fig.tight_layout()
-    fig.savefig(throughput, dpi=100)
-    return [latency, throughput]
+    fig.savefig(path, dpi=100)
+    return path
 
 
 def main(args: argparse.Namespace) -> int:
