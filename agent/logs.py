@@ -48,7 +48,7 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return redact(json.dumps(entry, default=str))
+        return json.dumps(entry, default=str)
 
 
 class TextFormatter(logging.Formatter):
@@ -58,13 +58,12 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         extra = {k: v for k, v in vars(record).items() if k not in _STANDARD and k[:1] != "_"}
-        return redact(
-            line + ("  " + " ".join(f"{k}={v}" for k, v in extra.items()) if extra else "")
-        )
+        return line + ("  " + " ".join(f"{k}={v}" for k, v in extra.items()) if extra else "")
 
 
 class BackgroundHandler(logging.Handler):
-    """Formats on the caller's thread (CPU only), writes on its own thread (the blocking part)."""
+    """Formats (and masks secrets) on the caller's thread, CPU only; writes on its own thread,
+    the part that can block."""
 
     def __init__(self, stream: TextIO, max_lines: int = 10_000) -> None:
         super().__init__()
@@ -76,7 +75,7 @@ class BackgroundHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            line = self.format(record)
+            line = redact(self.format(record))
         except Exception:
             self.handleError(record)
             return

@@ -34,9 +34,9 @@ async def detect(request: web.Request) -> web.Response:
     # node sheds a 300 KB frame without receiving it.
     if app[keys.LIFECYCLE].stopped:
         raise DrainingError("shutting down")
-    check_headers(request, settings.limits.max_body_bytes)
-    service.check_admission(name, "yolov8")
     limits = settings.limits
+    check_headers(request, limits.max_body_bytes)
+    service.check_admission(name, "yolov8")
     image = await read_image(request, limits.max_body_bytes, limits.body_timeout_s)
     result = await service.detect(
         name,

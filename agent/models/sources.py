@@ -82,8 +82,9 @@ class Source(Protocol):
 
 def _beside(ref: str, sidecar: dict[str, Any]) -> str:
     file = str(sidecar["file"])
-    # Unquoted too: a file source unquotes the URL, so "..%2F" would climb out of the share.
-    if any(c in unquote(file) for c in "/\\") or unquote(file) in ("", ".", ".."):
+    # Checked unquoted: a file source unquotes the URL, so "..%2F" would climb out of the share.
+    plain = unquote(file)
+    if "/" in plain or "\\" in plain or plain in ("", ".", ".."):
         raise SourceError(f"{ref}: sidecar 'file' must be a file name beside it", file)
     return urljoin(ref, file)
 

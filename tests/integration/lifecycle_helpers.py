@@ -49,7 +49,11 @@ async def models(client) -> dict:
 
 
 async def summary(client) -> dict:
-    text = await (await client.get("/metrics/summary")).text()
+    return samples(await (await client.get("/metrics/summary")).text())
+
+
+def samples(text: str) -> dict:
+    """Prometheus text -> {(name, sorted labels): value}."""
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for f in text_string_to_metric_families(text) for s in f.samples}
 

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -88,18 +89,12 @@ async def test_a_run_that_raises_fails_only_its_own_request_and_is_counted(
 @pytest.fixture
 def small_disk(tmp_path):
     """A 1 MiB tmpfs: a disk that fills up (needs root to mount; CI runs as root)."""
-    require(os.geteuid() == 0 and bool(shutil_which("mount")), "root and mount(8)")
+    require(os.geteuid() == 0 and bool(shutil.which("mount")), "root and mount(8)")
     mnt = tmp_path / "disk"
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def shutil_which(name: str) -> str | None:
-    import shutil
-
-    return shutil.which(name)
 
 
 def fill(disk: Path, leave_bytes: int) -> Path:
@@ -160,7 +155,7 @@ def assert_clear_start_up_error(done: subprocess.CompletedProcess[str], needle: 
 
 
 def test_a_read_only_state_dir_stops_start_up_with_one_clear_line(tmp_path):
-    require(os.geteuid() == 0 and bool(shutil_which("mount")), "root and mount(8)")
+    require(os.geteuid() == 0 and bool(shutil.which("mount")), "root and mount(8)")
     mnt = tmp_path / "ro"
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)], check=True)

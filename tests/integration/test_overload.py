@@ -14,9 +14,8 @@ import time
 
 import aiohttp
 import pytest
-from lifecycle_helpers import summary
+from lifecycle_helpers import samples
 from load import Load, capacity, open_loop, percentile, proc_stats
-from prometheus_client.parser import text_string_to_metric_families
 from support import Daemon
 
 from inference.bundled import BUNDLE_ROOT
@@ -32,14 +31,9 @@ pytestmark = pytest.mark.slow
 async def inference_runs(http: aiohttp.ClientSession, url: str) -> float:
     """Requests that reached the model (the inference stage histogram's count)."""
     async with http.get(url + "/metrics") as resp:
-        text = await resp.text()
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "edge_stage_duration_seconds_count" and s.labels == {
-                "model": "defects", "stage": "inference"
-            }:
-                return s.value
-    raise AssertionError("no inference stage count")
+        got = samples(await resp.text())
+    key = ("edge_stage_duration_seconds_count", (("model", "defects"), ("stage", "inference")))
+    return got[key]
 
 
 async def test_three_times_the_sustainable_rate(tmp_path):
@@ -71,7 +65,8 @@ async def test_three_times_the_sustainable_rate(tmp_path):
             async def watch() -> None:
                 while True:
                     rss.append((time.monotonic() - started, proc_stats(d.proc.pid)["rss"]))
-                    got = await summary_of(http, d.url)
+                    async with http.get(d.url + "/metrics/summary") as resp:
+                        got = samples(await resp.text())
                     depth_max.append(got[("edge_queue_depth_max", (("model", "defects"),))])
                     await asyncio.sleep(1)
 
@@ -126,10 +121,3 @@ async def test_three_times_the_sustainable_rate(tmp_path):
     assert all(a.status == 200 for a in after.answers)
     assert percentile(recovered, 50) < 2 * base_p50
 
-
-async def summary_of(http: aiohttp.ClientSession, url: str) -> dict:
-    class Client:  # lifecycle_helpers.summary takes a test client; give it the same shape
-        async def get(self, path: str) -> aiohttp.ClientResponse:
-            return await http.get(url + path)
-
-    return await summary(Client())

@@ -17,7 +17,7 @@ import time
 import aiohttp
 import pytest
 from aiohttp import web
-from lifecycle_helpers import FUSION, fusion_model, publish
+from lifecycle_helpers import FUSION, fusion_model, publish, samples
 from load import Load, open_loop, proc_stats
 from support import Daemon, free_port
 
@@ -112,9 +112,8 @@ async def test_soak(tmp_path):
                     models = {m["name"]: m for m in (await resp.json())["models"]}
                 versions_seen.append(models["fusion"]["version"])
                 async with http.get(d.url + "/metrics/summary") as resp:
-                    for line in (await resp.text()).splitlines():
-                        if line.startswith("edge_control_plane_connected "):
-                            connected_seen.add(float(line.split()[1]))
+                    got = samples(await resp.text())
+                connected_seen.add(got[("edge_control_plane_connected", ())])
                 stats.append((t, proc_stats(d.proc.pid)))
                 await asyncio.sleep(0.5)
             await server.up()
