@@ -113,7 +113,8 @@ async def test_soak(tmp_path):
                 versions_seen.append(models["fusion"]["version"])
                 async with http.get(d.url + "/metrics/summary") as resp:
                     got = samples(await resp.text())
-                connected_seen.add(got[("edge_control_plane_connected", ())])
+                if ("edge_control_plane_connected", ()) in got:  # absent before a first sync
+                    connected_seen.add(got[("edge_control_plane_connected", ())])
                 stats.append((t, proc_stats(d.proc.pid)))
                 await asyncio.sleep(0.5)
             await server.up()
