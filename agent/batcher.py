@@ -6,6 +6,12 @@ dispatcher task forms batches: it waits for an idle model instance, takes up to 
 queued items (waiting at most ``max_delay`` for company), drops the ones whose deadline has
 passed, and runs the batch on that instance's own thread. The slot is freed when the item leaves
 the queue, so queue depth = reserved slots = work admitted but not yet running.
+
+``max_queue`` absorbs bursts. A *standing* queue is another matter (the idea is CoDel's): when
+every batch started for ``standing_queue_s`` has waited longer than one batch's run time, the
+model is overloaded, not bursting, and a full queue only makes every accepted request late. Then
+the batcher admits one waiting request per instance (enough to keep each instance busy) until an
+instance finds no work at all, and sheds the rest at once.
 """
 
 from __future__ import annotations
@@ -82,6 +88,7 @@ class Batcher(Generic[In, Out]):
         max_batch: int,
         max_delay_s: float,
         max_queue: int,
+        standing_queue_s: float = 0.0,
         on_depth: Callable[[int], None] | None = None,
     ) -> None:
         if not instances:
@@ -90,6 +97,7 @@ class Batcher(Generic[In, Out]):
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
+        self.standing_queue_s = standing_queue_s  # 0: never limit below max_queue
         self._instances = instances
         self._items: deque[_Item[In, Out]] = deque()
         self._nonempty = asyncio.Event()
@@ -103,6 +111,10 @@ class Batcher(Generic[In, Out]):
         self._dispatcher = asyncio.create_task(self._dispatch(), name=f"batcher-{name}")
         self.failed_batches = 0
         self.expired = 0
+        self.overloaded = False
+        self.overload_episodes = 0
+        self._run_s: float | None = None  # moving average of one batch's run time
+        self._waiting_since: float | None = None  # batches have waited > _run_s since then
         # When a batch last came back from the model: the proof, for liveness, that it answers.
         self.last_completed_at = time.monotonic()
 
@@ -123,9 +135,13 @@ class Batcher(Generic[In, Out]):
         """Raise the error :meth:`reserve` would raise now, without reserving."""
         if self._closing:
             raise DrainingError(f"model {self.name!r} is shutting down")
-        if self._reserved >= self.max_queue:
+        limit = self.max_queue
+        if self.overloaded:
+            limit = min(limit, len(self._instances))
+        if self._reserved >= limit:
             raise QueueFullError(
-                f"model {self.name!r} queue is full", {"max_queue": self.max_queue}
+                f"model {self.name!r} queue is full",
+                {"max_queue": self.max_queue, "overloaded": self.overloaded, "limit": limit},
             )
 
     async def submit(
@@ -171,6 +187,11 @@ class Batcher(Generic[In, Out]):
             task.add_done_callback(self._runs.discard)
 
     async def _take(self, timeout: float | None) -> _Item[In, Out] | None:
+        if not self._items and not self._reserved and self.overloaded:
+            # An instance with no work anywhere: demand is below capacity again.
+            self.overloaded = False
+            self._waiting_since = None
+            log.info("model no longer overloaded", extra={"model": self.name})
         while not self._items:
             self._nonempty.clear()
             try:
@@ -196,6 +217,7 @@ class Batcher(Generic[In, Out]):
                 break
             batch.append(item)
         now = time.monotonic()
+        self._watch_standing(now - batch[0].enqueued_at, now)
         live = []
         for item in batch:
             item.slot.release()
@@ -209,6 +231,22 @@ class Batcher(Generic[In, Out]):
                 continue
             live.append(item)
         return live
+
+    def _watch_standing(self, waited_s: float, now: float) -> None:
+        """CoDel's test: the oldest item of every batch for ``standing_queue_s`` waited longer
+        than a batch takes to run."""
+        if not self.standing_queue_s or self._run_s is None or waited_s <= self._run_s:
+            self._waiting_since = None
+            return
+        if self._waiting_since is None:
+            self._waiting_since = now
+        elif now - self._waiting_since >= self.standing_queue_s and not self.overloaded:
+            self.overloaded = True
+            self.overload_episodes += 1
+            log.warning(
+                "model overloaded: a standing queue; admitting one waiting request per instance",
+                extra={"model": self.name, "waited_ms": round(waited_s * 1000, 1)},
+            )
 
     async def _run(self, instance: Instance[In, Out], batch: list[_Item[In, Out]]) -> None:
         instance.running_since = time.monotonic()
@@ -250,6 +288,7 @@ class Batcher(Generic[In, Out]):
         else:
             self.last_completed_at = time.monotonic()
             ran = self.last_completed_at - started
+            self._run_s = ran if self._run_s is None else 0.8 * self._run_s + 0.2 * ran
             for item, out in zip(batch, outputs, strict=True):
                 if not item.future.done():
                     item.future.set_result(

@@ -63,10 +63,15 @@ async def load_version(
     ]
     fixed = runners[0].max_batch
     max_batch = min(batching.max_batch, fixed) if fixed else batching.max_batch
+    pad = batching.pad_batches == "on" or (
+        batching.pad_batches == "auto" and runners[0].provider != "cpu"
+    )
+    padded = max_batch > 1 and pad and all(r.fix_batch(max_batch) for r in runners)
     if on_warming is not None:
         on_warming()
     for runner in runners:
-        await asyncio.to_thread(runner.warmup, 1)
+        if not padded:  # padded, batch 1 runs as a full batch: one shape to warm up
+            await asyncio.to_thread(runner.warmup, 1)
         if max_batch > 1:
             await asyncio.to_thread(runner.warmup, max_batch)
     batcher = Batcher(
@@ -81,6 +86,7 @@ async def load_version(
         max_batch=max_batch,
         max_delay_s=batching.max_delay_ms / 1000,
         max_queue=batching.max_queue,
+        standing_queue_s=batching.standing_queue_ms / 1000,
         on_depth=on_depth,
     )
     return LoadedVersion(digest, runners[0], runners, batcher)

@@ -41,15 +41,28 @@ class BatchingSettings:
     # Admitted, not yet running; beyond: 503 at once. Each queued 640x640 frame holds a 4.9 MB
     # float32 blob, and on a CPU node 8 frames are already ~0.5 s of waiting.
     max_queue: int = 8
+    # A queue that stays longer than one batch's run for this long is overload, not a burst:
+    # then only one request per instance may wait, so accepted ones stay near unloaded latency
+    # and the rest are shed at once, until an instance finds no work. 0: off (max_queue only).
+    standing_queue_ms: float = 250.0
     deadline_ms: float = 0.0  # default per-request deadline; 0 = none (X-Deadline-Ms overrides)
     instances: int = 1  # sessions per model, each with its own inference thread
+    # Pad every batch to max_batch images: "auto" does it on GPU providers, where any change of
+    # input shape costs a cuDNN re-plan (50-600 ms a run on an H200), and not on CPU, where
+    # padding is only wasted work. "on" / "off" force it.
+    pad_batches: str = "auto"
 
     def validate(self, where: str) -> None:
         _check(self.max_batch >= 1, f"{where}.max_batch", "must be >= 1")
         _check(self.max_delay_ms >= 0, f"{where}.max_delay_ms", "must be >= 0")
         _check(self.max_queue >= 1, f"{where}.max_queue", "must be >= 1")
+        _check(self.standing_queue_ms >= 0, f"{where}.standing_queue_ms", "must be >= 0")
         _check(self.deadline_ms >= 0, f"{where}.deadline_ms", "must be >= 0")
         _check(1 <= self.instances <= 64, f"{where}.instances", "must be in 1..64")
+        _check(
+            self.pad_batches in ("auto", "on", "off"), f"{where}.pad_batches",
+            "must be auto, on or off",
+        )
 
 
 @dataclass

@@ -7,6 +7,7 @@ import asyncio
 import os
 from pathlib import Path
 
+from benchmarks.compare import parse_variant
 from benchmarks.latency import DEFAULT_FRAME, DEFAULT_MODEL, measure, report
 
 
@@ -20,30 +21,80 @@ def main() -> int:
     lat.add_argument("--rounds", type=int, default=60)
     lat.add_argument("--warmup", type=int, default=5)
     lat.add_argument("--providers", default="cpu", help="comma-separated, e.g. cuda,cpu")
-    sub.add_parser("gpu", help="TensorRT/CUDA providers, parity and latency on a GPU node")
-    run = sub.add_parser("run", help="every PERFORMANCE.md target in one run (floor, daemon, "
-                         "peer, sweep, overload, swap, cold start); writes benchmarks/results/")
+    gpu = sub.add_parser("gpu", help="TensorRT vs CUDA vs CPU, fp16, batch 1/4/8, parity and the "
+                         "daemon's batching on a GPU node")
+    gpu.add_argument("--out", type=Path, help="also write the report to OUT/gpu.md")
+    gpu.add_argument("--quick", action="store_true",
+                     help="the daemon's batching variants only (assumes CUDA)")
+    run = sub.add_parser(
+        "run",
+        help="every PERFORMANCE.md target in one run (floor, daemon, "
+        "peer, sweep, overload, swap, cold start); writes benchmarks/results/",
+    )
     run.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     run.add_argument("--frame", type=Path, default=DEFAULT_FRAME)
-    run.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
-                     help="ONNX Runtime intra-op threads, for the daemon and the floor alike")
+    run.add_argument(
+        "--threads",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="ONNX Runtime intra-op threads, for the daemon and the floor alike",
+    )
     run.add_argument("--rounds", type=int, default=40, help="interleaved single-stream rounds")
     run.add_argument("--fps", type=float, default=2.0, help="frames/s per simulated camera")
-    run.add_argument("--cameras", type=lambda v: [int(x) for x in v.split(",")],
-                     default=[1, 2, 4, 6, 8, 10, 12, 16, 24], help="the sweep, e.g. 1,2,4,8")
+    run.add_argument(
+        "--cameras",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[1, 2, 4, 6, 8, 10, 12, 16, 24],
+        help="the sweep, e.g. 1,2,4,8",
+    )
     run.add_argument("--step-s", type=float, default=8.0, help="seconds per sweep step")
-    run.add_argument("--peer-python", help="the interpreter Ultralytics is installed in "
-                     "(default: $EDGE_BENCH_PEER_PYTHON, this one, /opt/refvenv/bin/python)")
+    run.add_argument(
+        "--peer-python",
+        help="the interpreter Ultralytics is installed in "
+        "(default: $EDGE_BENCH_PEER_PYTHON, this one, /opt/refvenv/bin/python)",
+    )
     run.add_argument("--workdir", type=Path, default=Path("/tmp/edge-agent-bench"))
+    cmp = sub.add_parser(
+        "compare",
+        help="tuning variants before/after, interleaved in one run; "
+        "writes benchmarks/results/<date>-<host>-compare-<names>.md",
+    )
+    cmp.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        type=parse_variant,
+        metavar="NAME=JSON",
+        help="a config overlay on the base, e.g. "
+        'spin=\'{"runtime": {"allow_spinning": true}}\'; repeatable',
+    )
+    cmp.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    cmp.add_argument("--frame", type=Path, default=DEFAULT_FRAME)
+    cmp.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    cmp.add_argument("--rounds", type=int, default=30, help="interleaved single-stream rounds")
+    cmp.add_argument(
+        "--rates",
+        type=lambda v: [float(x) for x in v.split(",")],
+        default=[12.0, 18.0, 24.0, 30.0],
+        help="offered frames/s, e.g. 12,24",
+    )
+    cmp.add_argument("--step-s", type=float, default=6.0, help="seconds per load step")
+    cmp.add_argument("--overload-s", type=float, default=10.0,
+                     help="seconds at 3x the base's saturation per variant; 0: skip")
+    cmp.add_argument("--workdir", type=Path, default=Path("/tmp/edge-agent-compare"))
     args = ap.parse_args()
+    if args.cmd == "compare":
+        from benchmarks.compare import main as compare_main
+
+        return compare_main(args)
     if args.cmd == "run":
         from benchmarks.run import main as run_main
 
         return run_main(args)
     if args.cmd == "gpu":
-        from benchmarks.gpu_check import gpu_check
+        from benchmarks.gpu_check import main as gpu_main
 
-        return 1 if asyncio.run(gpu_check()) else 0
+        return gpu_main(args.out, args.quick)
     data = args.frame.read_bytes()
     result = asyncio.run(
         measure(data, args.model, args.threads, args.rounds, args.warmup, args.providers.split(","))

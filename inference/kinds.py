@@ -25,6 +25,10 @@ class Servable(Protocol):
 
     def infer(self, batch: list[Any]) -> list[Any]: ...
 
+    def fix_batch(self, size: int) -> bool:
+        """Pad every run to ``size`` items from now on; False where the kind cannot."""
+        ...
+
     def sample_input(self) -> Any:
         """One valid item for :meth:`infer` (a self-test input)."""
         ...

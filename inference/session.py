@@ -92,6 +92,9 @@ def create_session(model: Path, config: SessionConfig, digest: str | None = None
     spin = "1" if config.allow_spinning else "0"
     opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
     opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    # Spinning (when allowed) ends as soon as the last concurrent run returns, so idle pool
+    # threads never compete with the next frame's decode.
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
     opts.log_severity_level = 3  # errors only: ORT warnings are noisy and not actionable
     providers = [(p.ort_name, p.options(ctx)) for p in chain]
     try:

@@ -114,6 +114,10 @@ class TensorModel:
         """Requests one run takes: None (any) when the model batches, else 1."""
         return None if self.batched else 1
 
+    def fix_batch(self, size: int) -> bool:
+        """Not done: each request carries its own number of rows, so shapes vary anyway."""
+        return False
+
     @property
     def labels(self) -> list[str]:
         """Class labels from the ONNX metadata's ``labels`` (a JSON list), if it has one."""
