@@ -140,7 +140,9 @@ class RuntimeSettings:
     providers: list[str] = field(default_factory=lambda: ["tensorrt", "cuda", "cpu"])
     intra_op_threads: int = 0  # 0: the cores this process may use
     preprocess_threads: int = 0  # 0: the cores this process may use
-    allow_spinning: bool = False
+    # Spin while a run is in progress (spinning always stops when the run returns): single-
+    # stream p50 -8.6% on 2 vCPUs, same saturation (benchmarks/results/*-compare-spin.md).
+    allow_spinning: bool = True
     device_id: int = 0
     trt_fp16: bool = True
     trt_int8: str = "auto"

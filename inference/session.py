@@ -27,8 +27,9 @@ class SessionConfig:
     providers: tuple[str, ...] = DEFAULT_PROVIDERS
     intra_op_threads: int = 0
     inter_op_threads: int = 1
-    # Spinning threads burn a core for tens of ms after every run: an edge node runs other work.
-    allow_spinning: bool = False
+    # Spin-wait between the parallel sections of a run; spinning stops when the run returns
+    # (force_spinning_stop), so idle threads never burn a core between frames.
+    allow_spinning: bool = True
     cache_dir: Path | None = None
     device_id: int = 0
     trt_fp16: bool = True

@@ -186,3 +186,56 @@ async def test_close_does_not_wait_forever_for_a_wedged_run():
     assert time.monotonic() - start < 1.0
     model.gate.set()  # let the thread end so the test process can exit
     assert (await asyncio.wait_for(task, 1))[0] == 10
+
+
+async def _fill(b: Batcher[int, int], n: int) -> list[asyncio.Task]:
+    tasks = []
+    for i in range(n):
+        slot = b.reserve()
+        tasks.append(asyncio.create_task(_submit_reserved(b, slot, i)))
+    return tasks
+
+
+async def _submit_reserved(b: Batcher[int, int], slot, value: int):
+    try:
+        return await b.submit(slot, value)
+    finally:
+        slot.release()
+
+
+async def test_a_standing_queue_limits_admission_to_one_per_instance_until_idle():
+    b = make(Model(delay=0.02), max_batch=1, max_queue=16, standing_queue_s=0.05)
+    await submit(b, 0)  # one run: the batcher now knows how long a run takes
+    tasks = await _fill(b, 10)  # ~200 ms of work: every batch waits longer than one run
+    for _ in range(100):
+        if b.overloaded:
+            break
+        await asyncio.sleep(0.01)
+    assert b.overloaded
+    assert b.overload_episodes == 1
+    assert b.depth > 1  # already admitted work is kept and served...
+    with pytest.raises(QueueFullError) as refused:
+        b.reserve()  # ...but nothing more may wait behind it
+    assert refused.value.detail == {"max_queue": 16, "overloaded": True, "limit": 1}
+    await asyncio.gather(*tasks)
+    await asyncio.sleep(0.05)
+    await submit(b, 99)  # an instance found no work: the overload is over
+    assert not b.overloaded
+    more = await _fill(b, 5)  # the full max_queue absorbs bursts again
+    await asyncio.gather(*more)
+    await b.close(1)
+
+
+async def test_a_burst_that_drains_within_the_interval_is_not_overload():
+    b = make(Model(delay=0.02), max_batch=1, max_queue=16, standing_queue_s=1.0)
+    await submit(b, 0)
+    await asyncio.gather(*await _fill(b, 8))
+    assert not b.overloaded
+    assert b.overload_episodes == 0
+    off = make(Model(delay=0.02), max_batch=1, max_queue=16, standing_queue_s=0.0)
+    await submit(off, 0)
+    await asyncio.gather(*await _fill(off, 10))  # 0: never limited below max_queue
+    assert not off.overloaded
+    assert off.overload_episodes == 0
+    await b.close(1)
+    await off.close(1)

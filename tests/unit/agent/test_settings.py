@@ -22,7 +22,7 @@ def test_defaults_work_with_nothing():
     assert len(defects.sha256) == 64
     assert defects.names == ["scratch", "dent", "hole", "stain"]
     assert s.runtime.providers == ["tensorrt", "cuda", "cpu"]
-    assert s.runtime.allow_spinning is False
+    assert s.runtime.allow_spinning is True
     assert s.state_dir == default_state_dir()
 
 

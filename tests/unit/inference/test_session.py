@@ -49,8 +49,8 @@ def test_cuda_arena_grows_only_as_requested():
     assert opts == {"device_id": "1", "arena_extend_strategy": "kSameAsRequested"}
 
 
-def test_cpu_session_reports_provider_threads_and_no_spinning():
-    loaded = create_session(TINY_MODEL, SessionConfig(intra_op_threads=1))
+def test_cpu_session_reports_provider_threads_and_spinning_policy():
+    loaded = create_session(TINY_MODEL, SessionConfig(intra_op_threads=1, allow_spinning=False))
     assert loaded.provider == "cpu"
     assert loaded.intra_op_threads == 1
     assert loaded.digest == file_digest(TINY_MODEL)
@@ -59,6 +59,12 @@ def test_cpu_session_reports_provider_threads_and_no_spinning():
     assert opts.intra_op_num_threads == 1
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert opts.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+    assert opts.get_session_config_entry("session.force_spinning_stop") == "1"
+    spinning = create_session(TINY_MODEL, SessionConfig(intra_op_threads=1))
+    spin_opts = spinning.session.get_session_options()
+    assert spin_opts.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    # Spinning is for the run in progress only: it stops when the run returns.
+    assert spin_opts.get_session_config_entry("session.force_spinning_stop") == "1"
 
 
 @pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider'")

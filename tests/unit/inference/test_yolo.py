@@ -92,3 +92,20 @@ def test_a_classifier_is_not_a_detector(tmp_path):
     onnx.save(model, path)
     with pytest.raises(ModelLoadError):
         YoloV8Detector.load(path)
+
+
+def test_fixed_batch_pads_every_run_to_one_shape_and_keeps_the_answers():
+    det = YoloV8Detector.load(TINY_MODEL, SessionConfig(providers=("cpu",), intra_op_threads=1))
+    blobs = [det.preprocess(image_bytes(n)).blob for n in
+             ("astronaut-1080p.jpg", "coffee-600x400.jpg", "camera-gray.png")]
+    plain = det.infer(blobs)
+    shapes: list[tuple[int, ...]] = []
+    run = det._run
+    det._run = lambda batch: (shapes.append(batch.shape), run(batch))[1]  # type: ignore[method-assign]
+    assert det.fix_batch(4)
+    padded = det.infer(blobs) + det.infer(blobs[:1])
+    assert {s[0] for s in shapes} == {4}  # the session only ever sees batches of 4
+    for got, want in zip(padded, [*plain, plain[0]], strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+    static = YoloV8Detector.load(COCO_MODEL, SessionConfig(providers=("cpu",)))
+    assert not static.fix_batch(4)  # a static batch axis already fixes the shape
