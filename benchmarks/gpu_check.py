@@ -93,10 +93,11 @@ def dynamic_batch(model: Path, into: Path) -> Path:
 
 def to_fp16(model: Path, into: Path) -> Path | None:
     """The model in fp16 with float32 inputs and outputs (the pre/post-processing stays)."""
+    import onnx  # dynamic_batch needed it already
+
     try:
-        import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16
-    except ImportError as exc:
+    except ImportError as exc:  # a trimmed onnxruntime build
         print(f"fp16: cannot convert ({exc}): fp16 rows are skipped")
         return None
     out = into / f"{model.stem}-fp16.onnx"

@@ -218,35 +218,45 @@ def _infer_until(
         counts[i] += 1
 
 
+async def load_step(
+    http: aiohttp.ClientSession, daemon: Daemon, data: bytes, rate: float, seconds: float,
+    rss_every_s: float = 0.5,
+) -> tuple[dict[str, float], int]:
+    """``rate`` frames/s open-loop for ``seconds``: the answered rate, latency percentiles and
+    shares, and the daemon's peak RSS meanwhile."""
+    load = Load()
+    rss: list[int] = []
+
+    async def watch() -> None:
+        while True:
+            rss.append(proc_stats(daemon.proc.pid)["rss"])
+            await asyncio.sleep(rss_every_s)
+
+    watcher = asyncio.create_task(watch())
+    await open_loop(http, daemon.url + "/v1/models/m/detect", data, JPEG, rate, seconds, load)
+    watcher.cancel()
+    ok = [a.latency_s for a in load.answers if a.status == 200]
+    shed = sum(1 for a in load.answers if a.status == 503)
+    row = {
+        "offered": rate, "achieved": len(ok) / seconds,
+        "p50": ms(ok, 50), "p95": ms(ok, 95), "p99": ms(ok, 99),
+        "shed": shed / max(1, len(load.answers)),
+        "other": sum(1 for a in load.answers if a.status not in (200, 503)),
+    }
+    return row, max(rss)
+
+
 async def sweep(
     daemon: Daemon, data: bytes, fps: float, cameras: list[int], seconds: float
 ) -> tuple[list[dict[str, float]], int]:
     rows = []
     peak_rss = 0
-    url = daemon.url + "/v1/models/m/detect"
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as http:
         saturated = 0
         for n in cameras:
-            load = Load()
-            rss: list[int] = []
-
-            async def watch(into: list[int] = rss) -> None:
-                while True:
-                    into.append(proc_stats(daemon.proc.pid)["rss"])
-                    await asyncio.sleep(0.5)
-
-            watcher = asyncio.create_task(watch())
-            await open_loop(http, url, data, JPEG, n * fps, seconds, load)
-            watcher.cancel()
-            ok = [a.latency_s for a in load.answers if a.status == 200]
-            shed = sum(1 for a in load.answers if a.status == 503)
-            peak_rss = max(peak_rss, *rss)
-            rows.append({
-                "cameras": n, "offered": n * fps, "achieved": len(ok) / seconds,
-                "p50": ms(ok, 50), "p95": ms(ok, 95), "p99": ms(ok, 99),
-                "shed": shed / max(1, len(load.answers)),
-                "other": sum(1 for a in load.answers if a.status not in (200, 503)),
-            })
+            row, rss = await load_step(http, daemon, data, n * fps, seconds)
+            peak_rss = max(peak_rss, rss)
+            rows.append({"cameras": n, **row})
             print(f"  {n:3d} cameras: {rows[-1]['achieved']:5.1f} fps, p50 {rows[-1]['p50']:6.0f}"
                   f" p99 {rows[-1]['p99']:6.0f} ms, shed {100 * rows[-1]['shed']:.0f}%", flush=True)
             if rows[-1]["shed"] > 0.2:
@@ -256,11 +266,13 @@ async def sweep(
     return rows, peak_rss
 
 
-async def overload(daemon: Daemon, data: bytes, rate: float, seconds: float) -> dict[str, float]:
+async def overload(
+    daemon: Daemon, data: bytes, rate: float, seconds: float, connections: int = 64
+) -> dict[str, float]:
     url = daemon.url + "/v1/models/m/detect"
     before = proc_stats(daemon.proc.pid)["rss"]
     load = Load()
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as http:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections)) as http:
         await open_loop(http, url, data, JPEG, rate, seconds, load)
     ok = [a.latency_s for a in load.answers if a.status == 200]
     shed = [a.latency_s for a in load.answers if a.status == 503]
