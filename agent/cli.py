@@ -125,7 +125,10 @@ def serve(settings: Settings) -> int:
     from agent.http import keys
     from agent.http.app import create_app
     from agent.logs import setup_logging
+    from agent.malloc import limit_arenas
 
+    # Before any worker thread allocates: an arena is bound to a thread at its first malloc.
+    arenas_limited = limit_arenas(settings.runtime.malloc_arenas)
     setup_logging(settings.log_level, settings.log_format)
     try:
         check_writable_dir(settings.state_dir, "state_dir")
@@ -143,6 +146,8 @@ def serve(settings: Settings) -> int:
             "host": settings.host,
             "port": settings.port,
             "models": [m.name for m in settings.models],
+            "malloc_arenas": settings.runtime.malloc_arenas if arenas_limited else "default",
+            "worker_nice": settings.runtime.worker_nice,
         },
     )
     app = create_app(settings, handle_signals=True)

@@ -13,6 +13,7 @@ from typing import Any
 from agent.batcher import Batcher, Instance
 from agent.settings import ModelSettings, Settings
 from inference import ModelLoadError, SessionConfig, file_digest
+from inference.cpu import lower_thread_priority
 from inference.kinds import Servable, model_kinds
 
 
@@ -57,32 +58,43 @@ async def load_version(
     loader = model_kinds()[cfg.kind]
     names = dict(enumerate(cfg.names)) or None
     config = session_config(settings)
-    runners = [
-        await asyncio.to_thread(loader, path, config, names, digest)
-        for _ in range(batching.instances)
+    # One thread per instance runs its session for good, and creates it: ONNX Runtime's pool
+    # threads are started by the creating thread and inherit its (lowered) priority.
+    executors = [
+        ThreadPoolExecutor(
+            1,
+            thread_name_prefix=f"infer-{cfg.name}-{i}",
+            initializer=lower_thread_priority,
+            initargs=(settings.runtime.worker_nice,),
+        )
+        for i in range(batching.instances)
     ]
-    fixed = runners[0].max_batch
-    max_batch = min(batching.max_batch, fixed) if fixed else batching.max_batch
-    pad = batching.pad_batches == "on" or (
-        batching.pad_batches == "auto" and runners[0].provider != "cpu"
-    )
-    padded = max_batch > 1 and pad and all(r.fix_batch(max_batch) for r in runners)
-    if on_warming is not None:
-        on_warming()
-    for runner in runners:
-        if not padded:  # padded, batch 1 runs as a full batch: one shape to warm up
-            await asyncio.to_thread(runner.warmup, 1)
-        if max_batch > 1:
-            await asyncio.to_thread(runner.warmup, max_batch)
+    loop = asyncio.get_running_loop()
+    try:
+        runners: list[Servable] = [
+            await loop.run_in_executor(ex, loader, path, config, names, digest)
+            for ex in executors
+        ]
+        fixed = runners[0].max_batch
+        max_batch = min(batching.max_batch, fixed) if fixed else batching.max_batch
+        pad = batching.pad_batches == "on" or (
+            batching.pad_batches == "auto" and runners[0].provider != "cpu"
+        )
+        padded = max_batch > 1 and pad and all(r.fix_batch(max_batch) for r in runners)
+        if on_warming is not None:
+            on_warming()
+        for runner, ex in zip(runners, executors, strict=True):
+            if not padded:  # padded, batch 1 runs as a full batch: one shape to warm up
+                await loop.run_in_executor(ex, runner.warmup, 1)
+            if max_batch > 1:
+                await loop.run_in_executor(ex, runner.warmup, max_batch)
+    except BaseException:
+        for ex in executors:
+            ex.shutdown(wait=False, cancel_futures=True)
+        raise
     batcher = Batcher(
         cfg.name,
-        [
-            Instance(
-                run=runner.infer,
-                executor=ThreadPoolExecutor(1, thread_name_prefix=f"infer-{cfg.name}-{i}"),
-            )
-            for i, runner in enumerate(runners)
-        ],
+        [Instance(run=r.infer, executor=ex) for r, ex in zip(runners, executors, strict=True)],
         max_batch=max_batch,
         max_delay_s=batching.max_delay_ms / 1000,
         max_queue=batching.max_queue,

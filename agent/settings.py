@@ -143,6 +143,11 @@ class RuntimeSettings:
     # Spin while a run is in progress (spinning always stops when the run returns): single-
     # stream p50 -8.6% on 2 vCPUs, same saturation (benchmarks/results/*-compare-spin.md).
     allow_spinning: bool = True
+    # Nice added to the compute threads (decode, inference, ONNX Runtime's pools) so the event
+    # loop gets a core at once: shedding, /health and the watchdog stay prompt under overload.
+    worker_nice: int = 5
+    # glibc malloc arenas (0: glibc's default of 8 per core, each keeping freed frames' memory).
+    malloc_arenas: int = 2
     device_id: int = 0
     trt_fp16: bool = True
     trt_int8: str = "auto"
@@ -157,6 +162,8 @@ class RuntimeSettings:
         )
         _check(self.intra_op_threads >= 0, f"{where}.intra_op_threads", "must be >= 0")
         _check(self.preprocess_threads >= 0, f"{where}.preprocess_threads", "must be >= 0")
+        _check(0 <= self.worker_nice <= 19, f"{where}.worker_nice", "must be in [0, 19]")
+        _check(self.malloc_arenas >= 0, f"{where}.malloc_arenas", "must be >= 0")
         _check(
             self.trt_int8 in ("auto", "on", "off"), f"{where}.trt_int8", "must be auto, on or off"
         )

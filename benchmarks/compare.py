@@ -3,7 +3,7 @@
 Each variant is the benchmark's base configuration with a JSON overlay merged into it
 (``--variant spin='{"runtime": {"allow_spinning": true}}'``); the base itself is always the first
 variant. Every variant runs as its own daemon process, all started up front, and the measuring
-is interleaved: single-stream rounds alternate between the daemons, and each step of the
+is interleaved: single-stream blocks alternate between the daemons, and each step of the
 offered-load sweep runs on every daemon in turn before the next step. A daemon waiting for its
 turn is idle, so machine noise and drift hit every variant alike, and the printed ratios
 (variant / base) are what a tuning note should quote.
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,16 @@ from typing import Any
 import aiohttp
 
 # run.py puts tests/ on sys.path and imports the load generator and the Daemon from there.
-from benchmarks.run import JPEG, RESULTS, Daemon, load_step, machine, ms
+from benchmarks.run import (
+    RESULTS,
+    Daemon,
+    Measure,
+    interleaved_blocks,
+    load_step,
+    machine,
+    ms,
+    post_once,
+)
 from benchmarks.run import overload as run_overload
 
 
@@ -90,18 +99,14 @@ async def start(variants: list[Variant], workdir: Path) -> None:
 
 async def single_stream(variants: list[Variant], data: bytes, rounds: int) -> None:
     async with aiohttp.ClientSession() as http:
-        for i in range(rounds + 5):
-            for v in variants:
-                assert v.daemon is not None
-                t = time.perf_counter()
-                async with http.post(
-                    v.daemon.url + "/v1/models/m/detect", data=data, headers=JPEG
-                ) as resp:
-                    await resp.read()
-                    if resp.status != 200:
-                        raise RuntimeError(f"{v.name}: the daemon answered {resp.status}")
-                if i >= 5:
-                    v.single.append(time.perf_counter() - t)
+        measures: dict[str, Measure] = {}
+        for v in variants:
+            assert v.daemon is not None
+            url = v.daemon.url + "/v1/models/m/detect"
+            measures[v.name] = functools.partial(post_once, http, url, data)
+        out = await interleaved_blocks(measures, rounds)
+    for v in variants:
+        v.single = out[v.name]
 
 
 async def sweep(variants: list[Variant], data: bytes, rates: list[float], step_s: float) -> None:

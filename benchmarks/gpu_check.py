@@ -34,6 +34,7 @@ import onnxruntime as ort
 from benchmarks import compare
 from benchmarks.run import cold_starts
 from inference import SessionConfig, Thresholds, YoloV8Detector
+from inference.letterbox import to_input
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -133,7 +134,7 @@ def fallback_reason(provider: str, printed: str) -> str:
 
 
 def timings(det: YoloV8Detector, batches: tuple[int, ...]) -> list[tuple[int, float, float]]:
-    blob = det.preprocess(image_bytes(FRAME)).blob
+    blob = to_input(det.preprocess(image_bytes(FRAME)).blob)
     out = []
     for batch in batches:
         blobs = [blob] * batch

@@ -16,6 +16,7 @@ import aiohttp
 import numpy as np
 
 from inference import SessionConfig, YoloV8Detector
+from inference.letterbox import to_input
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -37,7 +38,7 @@ async def measure(
     det = YoloV8Detector.load(
         model, SessionConfig(providers=tuple(providers), intra_op_threads=threads)
     )
-    blob = det.preprocess(data).blob
+    blob = to_input(det.preprocess(data).blob)
     daemon = Daemon(
         [
             "--model",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from pathlib import Path
 
 
@@ -37,3 +38,20 @@ def _cgroup_quota(root: Path) -> float | None:
         return quota / period if quota > 0 and period > 0 else None
     except (OSError, ValueError):
         return None
+
+
+def lower_thread_priority(by: int) -> None:
+    """Raise the calling thread's nice value by ``by`` (Linux: nice is per thread, and threads
+    this one starts inherit it, ONNX Runtime's pool threads included).
+
+    Compute threads a little below the event loop let the loop win the cores back at once
+    when a request, a health probe or the watchdog's tick arrives. Raising nice needs no
+    privilege; anything that fails leaves the priority as it was.
+    """
+    if by <= 0:
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + by))
+    except (AttributeError, OSError):  # not Linux, or not permitted: run at the same priority
+        pass

@@ -14,7 +14,7 @@ import numpy as np
 
 from inference.errors import EdgeError
 from inference.image import DEFAULT_MAX_PIXELS, decode_image
-from inference.letterbox import Letterbox, letterbox, scale_boxes, to_blob
+from inference.letterbox import Letterbox, letterbox_planes, scale_boxes, to_input
 from inference.model_info import DetectorSpec, detector_spec
 from inference.nms import decode_predictions
 from inference.session import LoadedSession, SessionConfig, create_session
@@ -57,7 +57,9 @@ class Detection:
 
 @dataclass(frozen=True)
 class PreparedImage:
-    blob: np.ndarray  # [1, 3, H, W] float32
+    # [1, 3, H, W] uint8 RGB, letterboxed: the model's input before the division by 255, which
+    # the inference thread does (a quarter of the memory while the frame waits in the queue).
+    blob: np.ndarray
     geometry: Letterbox
 
     @property
@@ -112,8 +114,8 @@ class YoloV8Detector:
             image = decode_image(bytes(image), max_pixels)
         elif image.ndim == 2:
             image = np.repeat(image[..., None], 3, axis=2)
-        boxed, geometry = letterbox(image, self.spec.input_h, self.spec.input_w)
-        return PreparedImage(to_blob([boxed]), geometry)
+        planes, geometry = letterbox_planes(image, self.spec.input_h, self.spec.input_w)
+        return PreparedImage(planes, geometry)
 
     def fix_batch(self, size: int) -> bool:
         """Run every batch padded to exactly ``size`` images (a dynamic-batch model only).
@@ -127,7 +129,10 @@ class YoloV8Detector:
         return True
 
     def infer(self, blobs: list[np.ndarray]) -> list[np.ndarray]:
-        """Run the model on a batch of ``[1, 3, H, W]`` blobs; one ``[4+nc, anchors]`` each."""
+        """Run the model on a batch of ``[1, 3, H, W]`` blobs (uint8 planes as :meth:`preprocess`
+        makes them, or float32 input); one ``[4+nc, anchors]`` output each."""
+        if len({b.dtype for b in blobs}) > 1:  # concatenating would scale uint8 as float
+            blobs = [to_input(b) for b in blobs]
         fixed = self.spec.fixed_batch or self._pad_to
         if fixed is None:
             return list(self._run(np.concatenate(blobs) if len(blobs) > 1 else blobs[0]))
@@ -170,11 +175,12 @@ class YoloV8Detector:
 
     def sample_input(self) -> np.ndarray:
         """A grey letterbox-coloured frame's blob: one item for :meth:`infer`."""
-        return np.full((1, 3, self.spec.input_h, self.spec.input_w), 114 / 255, np.float32)
+        return np.full((1, 3, self.spec.input_h, self.spec.input_w), 114, np.uint8)
 
     def warmup(self, batch: int = 1) -> None:
         """Run once on a grey frame so the first request does not pay for lazy initialisation."""
         self.infer([self.sample_input()] * batch)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        return self.loaded.session.run([self._output_name], {self.spec.input_name: batch})[0]
+        feed = {self.spec.input_name: to_input(batch)}
+        return self.loaded.session.run([self._output_name], feed)[0]

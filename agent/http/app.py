@@ -26,7 +26,7 @@ from agent.validation import validate_all
 from agent.watchdog.hardware import HardwareWatchdog
 from agent.watchdog.selftest import SelfTests
 from agent.watchdog.supervisor import State, Supervisor, systemd_watchdog_period
-from inference.cpu import usable_cores
+from inference.cpu import lower_thread_priority, usable_cores
 
 
 def create_app(settings: Settings, *, handle_signals: bool = False) -> web.Application:
@@ -62,8 +62,13 @@ def create_app(settings: Settings, *, handle_signals: bool = False) -> web.Appli
 
 
 async def _pre_pool_ctx(app: web.Application) -> AsyncIterator[None]:
-    threads = app[keys.SETTINGS].runtime.preprocess_threads or usable_cores()
-    pool = ThreadPoolExecutor(threads, thread_name_prefix="prepost")
+    runtime = app[keys.SETTINGS].runtime
+    pool = ThreadPoolExecutor(
+        runtime.preprocess_threads or usable_cores(),
+        thread_name_prefix="prepost",
+        initializer=lower_thread_priority,
+        initargs=(runtime.worker_nice,),
+    )
     app[keys.PRE_POOL] = pool
     yield
     pool.shutdown(wait=True, cancel_futures=True)

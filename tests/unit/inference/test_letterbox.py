@@ -3,7 +3,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference.letterbox import PAD_VALUE, letterbox, scale_boxes, to_blob
+from inference.letterbox import (
+    PAD_VALUE,
+    letterbox,
+    letterbox_blob,
+    letterbox_planes,
+    scale_boxes,
+    to_input,
+)
 
 
 @pytest.mark.parametrize(
@@ -63,8 +70,34 @@ def test_scale_boxes_clips_to_the_image():
 def test_blob_is_rgb_nchw_unit_range():
     img = np.zeros((4, 6, 3), np.uint8)
     img[..., 0] = 255  # blue in BGR
-    blob = to_blob([img])
+    blob, _ = letterbox_blob(img, 4, 6)
     assert blob.shape == (1, 3, 4, 6)
     assert blob.dtype == np.float32
     assert blob[0, 2].max() == 1.0  # blue is the last channel in RGB
     assert blob[0, 0].max() == 0.0
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "ih", "iw"),
+    [(1080, 1920, 640, 640), (400, 600, 640, 640), (640, 640, 640, 640), (427, 640, 320, 416),
+     (1, 3000, 640, 640), (3000, 1, 320, 416), (1920, 1080, 640, 480)],
+)
+def test_blob_equals_ultralytics_to_the_bit(h, w, ih, iw):
+    # Ultralytics' predictor: LetterBox, then im[..., ::-1].transpose(2, 0, 1), float() / 255.
+    img = np.random.default_rng(h * w).integers(0, 256, (h, w, 3), np.uint8)
+    boxed, geo = letterbox(img, ih, iw)
+    theirs = boxed[..., ::-1].transpose(2, 0, 1)[None].astype(np.float32) / np.float32(255)
+    blob, blob_geo = letterbox_blob(img, ih, iw)
+    assert blob_geo == geo
+    assert blob.flags.c_contiguous
+    assert np.array_equal(blob, theirs)
+    # What waits in the queue: the same image as uint8 planes, converted by the inference thread.
+    planes, _ = letterbox_planes(img, ih, iw)
+    assert planes.dtype == np.uint8
+    assert np.array_equal(planes[0], boxed[..., ::-1].transpose(2, 0, 1))
+    assert np.array_equal(to_input(planes), theirs)
+
+
+def test_to_input_leaves_a_float_batch_alone():
+    batch = np.full((2, 3, 4, 4), 0.5, np.float32)
+    assert to_input(batch) is batch

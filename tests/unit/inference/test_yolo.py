@@ -8,6 +8,7 @@ from support import COCO_MODEL, TINY_MODEL, assert_parity, image_bytes
 
 from inference import SessionConfig, Thresholds, YoloV8Detector
 from inference.errors import ModelLoadError
+from inference.letterbox import to_input
 from inference.yolo import InvalidThresholdError
 
 
@@ -109,3 +110,13 @@ def test_fixed_batch_pads_every_run_to_one_shape_and_keeps_the_answers():
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
     static = YoloV8Detector.load(COCO_MODEL, SessionConfig(providers=("cpu",)))
     assert not static.fix_batch(4)  # a static batch axis already fixes the shape
+
+
+def test_a_batch_of_planes_and_float_input_mixed_gives_the_same_answers():
+    det = YoloV8Detector.load(TINY_MODEL, SessionConfig(providers=("cpu",), intra_op_threads=1))
+    names = ("astronaut-1080p.jpg", "coffee-600x400.jpg")
+    planes = [det.preprocess(image_bytes(n)).blob for n in names]
+    assert all(p.dtype == np.uint8 for p in planes)  # a quarter of float32's memory in the queue
+    mixed = det.infer([planes[0], to_input(planes[1])])
+    for got, want in zip(mixed, det.infer(planes), strict=True):
+        np.testing.assert_array_equal(got, want)
