@@ -95,6 +95,8 @@ def test_lists_from_the_environment():
         ({"EDGE_AGENT_RUNTIME__ALLOW_SPINNING": "maybe"}, {}, ["runtime.allow_spinning"]),
         ({"EDGE_AGENT_RUNTIME__PROVIDERS": "cuda,opencl"}, {}, ["runtime.providers"]),
         ({}, {"batching.max_batch": 0}, ["batching.max_batch"]),
+        ({"EDGE_AGENT_RUNTIME__WORKER_NICE": "20"}, {}, ["runtime.worker_nice"]),
+        ({}, {"runtime.malloc_arenas": -1}, ["runtime.malloc_arenas"]),
         (
             {},
             {"models": [{"name": "a", "path": "/a"}, {"name": "a", "path": "/b"}]},
