@@ -9,9 +9,12 @@ the queue, so queue depth = reserved slots = work admitted but not yet running.
 
 ``max_queue`` absorbs bursts. A *standing* queue is another matter (the idea is CoDel's): when
 every batch started for ``standing_queue_s`` has waited longer than one batch's run time, the
-model is overloaded, not bursting, and a full queue only makes every accepted request late. Then
-the batcher admits one waiting request per instance (enough to keep each instance busy) until an
-instance finds no work at all, and sheds the rest at once.
+model is overloaded, not bursting, and a full queue only makes every accepted request late. Then,
+until an instance finds no work at all, the batcher admits a request only when it should start
+running about when its pre-processing is done: its expected start (the first instance free, plus
+the work already admitted) within the pre-processing time plus a quarter of a frame's run. That
+keeps each instance fed and an accepted request close to its unloaded latency; the rest are shed
+at once.
 """
 
 from __future__ import annotations
@@ -49,11 +52,12 @@ class RunTiming:
 class Slot:
     """A reserved place in the queue; released exactly once."""
 
-    __slots__ = ("_batcher", "_held")
+    __slots__ = ("_batcher", "_held", "reserved_at")
 
     def __init__(self, batcher: Batcher[Any, Any]) -> None:
         self._batcher = batcher
         self._held = True
+        self.reserved_at = time.monotonic()
 
     def release(self) -> None:
         if self._held:
@@ -77,6 +81,7 @@ class Instance(Generic[In, Out]):
     run: Callable[[list[In]], Sequence[Out]]
     executor: ThreadPoolExecutor
     running_since: float | None = field(default=None)
+    running_items: int = 0  # the size of the batch running now
 
 
 class Batcher(Generic[In, Out]):
@@ -114,6 +119,9 @@ class Batcher(Generic[In, Out]):
         self.overloaded = False
         self.overload_episodes = 0
         self._run_s: float | None = None  # moving average of one batch's run time
+        self._item_s: float | None = None  # ... of a run's time per item in its batch
+        self._pre_s: float | None = None  # ... of reserve -> submit (pre-processing)
+        self._refused_at: float | None = None  # when overload admission last turned one away
         self._waiting_since: float | None = None  # batches have waited > _run_s since then
         # When a batch last came back from the model: the proof, for liveness, that it answers.
         self.last_completed_at = time.monotonic()
@@ -136,13 +144,46 @@ class Batcher(Generic[In, Out]):
         if self._closing:
             raise DrainingError(f"model {self.name!r} is shutting down")
         limit = self.max_queue
-        if self.overloaded:
-            limit = min(limit, len(self._instances))
+        if self.overloaded:  # at most a batch waiting per instance, and only if due to start
+            limit = min(limit, len(self._instances) * self.max_batch)
+        detail: dict[str, Any] = {
+            "max_queue": self.max_queue, "overloaded": self.overloaded, "limit": limit
+        }
+        now = time.monotonic()
         if self._reserved >= limit:
-            raise QueueFullError(
-                f"model {self.name!r} queue is full",
-                {"max_queue": self.max_queue, "overloaded": self.overloaded, "limit": limit},
-            )
+            if self.overloaded:
+                self._refused_at = now
+            raise QueueFullError(f"model {self.name!r} queue is full", detail)
+        if self.overloaded:
+            start, window = self.expected_start_s(now), self.admission_window_s()
+            if start is not None and window is not None and start > window:
+                self._refused_at = now
+                detail["expected_start_ms"] = round(1000 * start, 1)
+                raise QueueFullError(
+                    f"model {self.name!r} is overloaded: no instance is free in time", detail
+                )
+
+    def expected_start_s(self, now: float) -> float | None:
+        """Seconds until a request admitted now would start running, from the moving averages:
+        the first instance free, plus the admitted work ahead of it spread over the instances."""
+        if self._item_s is None:
+            return None
+        # Per item, not per batch: batches shrink once admission is limited, and an average
+        # of the earlier, larger ones would see every instance busy for far too long.
+        free_in = min(
+            max(0.0, inst.running_since + inst.running_items * self._item_s - now)
+            if inst.running_since is not None
+            else 0.0
+            for inst in self._instances
+        )
+        return free_in + self._reserved * self._item_s / len(self._instances)
+
+    def admission_window_s(self) -> float | None:
+        """While overloaded, admit what would start within this: its pre-processing time (the
+        wait hides behind it) and a quarter of a frame's run (slack, so instances stay fed)."""
+        if self._pre_s is None or self._item_s is None:
+            return None
+        return self._pre_s + self._item_s / 4
 
     async def submit(
         self, slot: Slot, payload: In, deadline: float | None = None
@@ -153,7 +194,10 @@ class Batcher(Generic[In, Out]):
             self.expired += 1
             raise DeadlineExceededError("deadline passed before inference started")
         future: asyncio.Future[tuple[Out, RunTiming]] = asyncio.get_running_loop().create_future()
-        self._items.append(_Item(payload, future, time.monotonic(), deadline, slot))
+        now = time.monotonic()
+        pre = now - slot.reserved_at
+        self._pre_s = pre if self._pre_s is None else 0.8 * self._pre_s + 0.2 * pre
+        self._items.append(_Item(payload, future, now, deadline, slot))
         self._nonempty.set()
         try:
             return await future
@@ -187,8 +231,10 @@ class Batcher(Generic[In, Out]):
             task.add_done_callback(self._runs.discard)
 
     async def _take(self, timeout: float | None) -> _Item[In, Out] | None:
-        if not self._items and not self._reserved and self.overloaded:
-            # An instance with no work anywhere: demand is below capacity again.
+        idle = not self._items and not self._reserved
+        if idle and self.overloaded and not self._refused_lately():
+            # An instance with no work anywhere, and nobody turned away while a frame would
+            # have run: demand is below capacity again.
             self.overloaded = False
             self._waiting_since = None
             log.info("model no longer overloaded", extra={"model": self.name})
@@ -232,6 +278,11 @@ class Batcher(Generic[In, Out]):
             live.append(item)
         return live
 
+    def _refused_lately(self) -> bool:
+        return self._refused_at is not None and (
+            time.monotonic() - self._refused_at < (self._item_s or 0.0)
+        )
+
     def _watch_standing(self, waited_s: float, now: float) -> None:
         """CoDel's test: the oldest item of every batch for ``standing_queue_s`` waited longer
         than a batch takes to run."""
@@ -244,12 +295,13 @@ class Batcher(Generic[In, Out]):
             self.overloaded = True
             self.overload_episodes += 1
             log.warning(
-                "model overloaded: a standing queue; admitting one waiting request per instance",
+                "model overloaded: a standing queue; admitting only requests due to start",
                 extra={"model": self.name, "waited_ms": round(waited_s * 1000, 1)},
             )
 
     async def _run(self, instance: Instance[In, Out], batch: list[_Item[In, Out]]) -> None:
         instance.running_since = time.monotonic()
+        instance.running_items = len(batch)
         try:
             await self._attempt(instance, batch)
         finally:
@@ -289,6 +341,8 @@ class Batcher(Generic[In, Out]):
             self.last_completed_at = time.monotonic()
             ran = self.last_completed_at - started
             self._run_s = ran if self._run_s is None else 0.8 * self._run_s + 0.2 * ran
+            per_item = ran / len(batch)
+            self._item_s = per_item if self._item_s is None else 0.8 * self._item_s + 0.2 * per_item
             for item, out in zip(batch, outputs, strict=True):
                 if not item.future.done():
                     item.future.set_result(

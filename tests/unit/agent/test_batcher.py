@@ -203,7 +203,7 @@ async def _submit_reserved(b: Batcher[int, int], slot, value: int):
         slot.release()
 
 
-async def test_a_standing_queue_limits_admission_to_one_per_instance_until_idle():
+async def test_a_standing_queue_limits_admission_until_idle():
     b = make(Model(delay=0.02), max_batch=1, max_queue=16, standing_queue_s=0.05)
     await submit(b, 0)  # one run: the batcher now knows how long a run takes
     tasks = await _fill(b, 10)  # ~200 ms of work: every batch waits longer than one run
@@ -215,7 +215,7 @@ async def test_a_standing_queue_limits_admission_to_one_per_instance_until_idle(
     assert b.overload_episodes == 1
     assert b.depth > 1  # already admitted work is kept and served...
     with pytest.raises(QueueFullError) as refused:
-        b.reserve()  # ...but nothing more may wait behind it
+        b.reserve()  # ...but nothing more may wait behind it (a batch per instance at most)
     assert refused.value.detail == {"max_queue": 16, "overloaded": True, "limit": 1}
     await asyncio.gather(*tasks)
     await asyncio.sleep(0.05)
@@ -239,3 +239,42 @@ async def test_a_burst_that_drains_within_the_interval_is_not_overload():
     assert off.overload_episodes == 0
     await b.close(1)
     await off.close(1)
+
+
+async def test_while_overloaded_a_request_is_admitted_only_when_due_to_start():
+    # The moving averages set by hand: a frame runs 50 ms, pre-processing takes 10 ms, so the
+    # admission window is 10 + 50 / 4 = 22.5 ms.
+    b = make(Model(), max_batch=1, max_queue=16)
+    b.overloaded = True
+    b._item_s, b._pre_s, b._run_s = 0.05, 0.01, 0.05
+    inst = b._instances[0]
+    inst.running_items = 1
+    inst.running_since = time.monotonic() - 0.01  # 40 ms still to run: too early
+    with pytest.raises(QueueFullError) as refused:
+        b.reserve()
+    assert refused.value.detail["overloaded"] is True
+    assert 35 < refused.value.detail["expected_start_ms"] <= 40
+    inst.running_since = time.monotonic() - 0.04  # 10 ms to run: in time, admitted
+    slot = b.reserve()
+    # One admitted and not yet running: the next would start a whole frame later.
+    assert b.expected_start_s(time.monotonic()) > b.admission_window_s()
+    inst.running_since = None
+    slot.release()
+    await b.close(1)
+
+
+async def test_overload_ends_only_when_an_instance_idles_with_nobody_turned_away():
+    b = make(Model(delay=0.02), max_batch=1, max_queue=16)
+    await submit(b, 0)
+    b.overloaded = True
+    b._item_s = 10.0  # a refusal counts as recent for 10 s
+    b._refused_at = time.monotonic()
+    await submit(b, 1)  # the instance finds no work after it...
+    await asyncio.sleep(0.05)
+    await submit(b, 2)
+    assert b.overloaded  # ...but a request was just turned away: demand is still there
+    b._refused_at = time.monotonic() - 11
+    await submit(b, 3)
+    await asyncio.sleep(0.05)  # the instance comes back and looks for work
+    assert not b.overloaded
+    await b.close(1)
