@@ -7,7 +7,7 @@ import asyncio
 import os
 from pathlib import Path
 
-from benchmarks.compare import parse_variant
+from benchmarks.compare import parse_tree, parse_variant
 from benchmarks.latency import DEFAULT_FRAME, DEFAULT_MODEL, measure, report
 
 
@@ -67,6 +67,15 @@ def main() -> int:
         metavar="NAME=JSON",
         help="a config overlay on the base, e.g. "
         'spin=\'{"runtime": {"allow_spinning": true}}\'; repeatable',
+    )
+    cmp.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        type=parse_tree,
+        metavar="NAME=PATH",
+        help="run variant NAME (or the base) from the checkout at PATH, e.g. a git worktree of "
+        "the commit before a code change; repeatable",
     )
     cmp.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     cmp.add_argument("--frame", type=Path, default=DEFAULT_FRAME)

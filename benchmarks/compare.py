@@ -40,6 +40,7 @@ from benchmarks.run import overload as run_overload
 class Variant:
     name: str
     overlay: dict[str, Any]
+    tree: Path | None = None  # run this variant's daemon from another checkout
     config: Path = Path()
     daemon: Daemon | None = None
     single: list[float] = field(default_factory=list)
@@ -93,7 +94,10 @@ def write_configs(variants: list[Variant], model: Path, threads: int, workdir: P
 
 async def start(variants: list[Variant], workdir: Path) -> None:
     for v in variants:
-        v.daemon = Daemon(["--config", str(v.config), "--state-dir", str(workdir / v.name)])
+        where = {"cwd": v.tree, "env": {"PYTHONPATH": str(v.tree)}} if v.tree else {}
+        v.daemon = Daemon(
+            ["--config", str(v.config), "--state-dir", str(workdir / v.name)], **where
+        )
         await v.daemon.wait_ready(timeout=300)
 
 
@@ -148,10 +152,13 @@ def render(variants: list[Variant], args: argparse.Namespace) -> str:
         f"Python {m['python']}. Model {Path(args.model).name}, frame {Path(args.frame).name}; "
         f"{args.rounds} interleaved single-stream rounds, {args.step_s:g} s per load step.",
         "",
-        "| variant | overlay |",
-        "|---|---|",
+        "| variant | overlay | code |",
+        "|---|---|---|",
     ]
-    lines += [f"| {v.name} | `{json.dumps(v.overlay)}` |" for v in variants]
+    lines += [
+        f"| {v.name} | `{json.dumps(v.overlay)}` | {v.tree or 'this checkout'} |"
+        for v in variants
+    ]
     lines += [
         "",
         "| variant | single p50 ms | ratio | single p99 ms | saturation frames/s | "
@@ -213,11 +220,25 @@ async def run(variants: list[Variant], data: bytes, args: argparse.Namespace) ->
                 v.daemon.stop()
 
 
+def parse_tree(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    tree = Path(path).resolve()
+    if not (tree / "agent" / "__main__.py").is_file():
+        raise argparse.ArgumentTypeError(f"{tree} is not an edge-agent checkout (no agent/)")
+    return name, tree
+
+
 def main(args: argparse.Namespace) -> int:
     variants = [Variant("base", {}), *args.variant]
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise SystemExit(f"variant names must differ: {names}")
+    for name, tree in args.tree:
+        if name not in names:
+            raise SystemExit(f"--tree {name}=...: no variant is called {name!r}")
+        variants[names.index(name)].tree = tree
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
     write_configs(variants, Path(args.model), args.threads, args.workdir)

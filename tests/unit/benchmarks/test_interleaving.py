@@ -1,10 +1,14 @@
-"""Single-stream timing: measures run in interleaved blocks, the first calls of a block unused."""
+"""Single-stream timing in interleaved blocks; what ``compare`` accepts on its command line."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import itertools
 
+import pytest
+
+from benchmarks.compare import parse_tree, parse_variant
 from benchmarks.run import Measure, interleaved_blocks
 
 
@@ -34,3 +38,20 @@ def test_rounds_not_a_multiple_of_the_block_are_cut_to_rounds():
 
     out = asyncio.run(interleaved_blocks({"x": once}, rounds=5, block=4, settle=0))
     assert out["x"] == [1.0] * 5
+
+
+def test_a_tree_must_be_a_checkout(tmp_path):
+    with pytest.raises(argparse.ArgumentTypeError, match="not an edge-agent checkout"):
+        parse_tree(f"before={tmp_path}")
+    (tmp_path / "agent").mkdir()
+    (tmp_path / "agent" / "__main__.py").write_text("")
+    assert parse_tree(f"before={tmp_path}") == ("before", tmp_path.resolve())
+    with pytest.raises(argparse.ArgumentTypeError, match="NAME=PATH"):
+        parse_tree("before")
+
+
+def test_a_variant_is_a_name_and_a_json_object():
+    v = parse_variant('spin={"runtime": {"allow_spinning": true}}')
+    assert (v.name, v.overlay) == ("spin", {"runtime": {"allow_spinning": True}})
+    with pytest.raises(argparse.ArgumentTypeError, match="JSON object"):
+        parse_variant("x=[1]")
