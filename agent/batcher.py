@@ -9,12 +9,12 @@ the queue, so queue depth = reserved slots = work admitted but not yet running.
 
 ``max_queue`` absorbs bursts. A *standing* queue is another matter (the idea is CoDel's): when
 every batch started for ``standing_queue_s`` has waited longer than one batch's run time, the
-model is overloaded, not bursting, and a full queue only makes every accepted request late. Then,
-until an instance finds no work at all, the batcher admits a request only when it should start
-running about when its pre-processing is done: its expected start (the first instance free, plus
-the work already admitted) within the pre-processing time plus a quarter of a frame's run. That
-keeps each instance fed and an accepted request close to its unloaded latency; the rest are shed
-at once.
+model is overloaded, not bursting, and a full queue only makes every accepted request late. Then
+the batcher admits a request only when it should start running about when its pre-processing is
+done: its expected start (the first instance free, plus the work already admitted) within the
+pre-processing time plus a quarter of a frame's run. That keeps each instance fed and an accepted
+request close to its unloaded latency; the rest are shed at once. The overload ends when an
+instance finds no work at all and nobody was turned away while a frame would have run.
 """
 
 from __future__ import annotations
