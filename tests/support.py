@@ -147,6 +147,12 @@ def assert_parity(reference: list[dict], got: list[dict], context: str) -> None:
     assert not extra, f"{context}: boxes Ultralytics does not give: {extra[:3]}"
 
 
+def shed_for_load(message: str) -> bool:
+    """A 503 that shed load: the queue was full, or (once a standing queue is recognised) no
+    instance would be free in time for the request."""
+    return "queue is full" in message or "is overloaded" in message
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
