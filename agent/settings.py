@@ -38,12 +38,13 @@ class BatchingSettings:
     # How long the first queued image waits for company. 0: batch only what is already queued
     # (no per-frame gain from batching on CPU); raise it on GPUs, where batches pay.
     max_delay_ms: float = 0.0
-    # Admitted, not yet running; beyond: 503 at once. Each queued 640x640 frame holds a 4.9 MB
-    # float32 blob, and on a CPU node 8 frames are already ~0.5 s of waiting.
+    # Admitted, not yet running; beyond: 503 at once. Each queued 640x640 frame holds 1.2 MB
+    # of uint8 planes, and on a CPU node 8 frames are already ~0.5 s of waiting.
     max_queue: int = 8
     # A queue that stays longer than one batch's run for this long is overload, not a burst:
-    # then only one request per instance may wait, so accepted ones stay near unloaded latency
-    # and the rest are shed at once, until an instance finds no work. 0: off (max_queue only).
+    # then a request is admitted only if an instance will be free by the time it is
+    # pre-processed, so accepted ones stay near unloaded latency and the rest are shed at once
+    # (agent/batcher.py has the rule and when it ends). 0: off (max_queue only).
     standing_queue_ms: float = 250.0
     deadline_ms: float = 0.0  # default per-request deadline; 0 = none (X-Deadline-Ms overrides)
     instances: int = 1  # sessions per model, each with its own inference thread

@@ -94,12 +94,6 @@ def to_input(batch: np.ndarray) -> np.ndarray:
     return np.divide(batch, _255, dtype=np.float32)
 
 
-def letterbox_blob(image: np.ndarray, input_h: int, input_w: int) -> tuple[np.ndarray, Letterbox]:
-    """A BGR uint8 HxWx3 image -> the model's ``[1, 3, H, W]`` RGB float32 input, letterboxed."""
-    planes, geometry = letterbox_planes(image, input_h, input_w)
-    return to_input(planes), geometry
-
-
 def scale_boxes(boxes: np.ndarray, lb: Letterbox) -> np.ndarray:
     """Map xyxy boxes from model-input pixels back to original-image pixels, clipped.
 

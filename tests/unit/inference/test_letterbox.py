@@ -6,7 +6,6 @@ import pytest
 from inference.letterbox import (
     PAD_VALUE,
     letterbox,
-    letterbox_blob,
     letterbox_planes,
     scale_boxes,
     to_input,
@@ -70,7 +69,7 @@ def test_scale_boxes_clips_to_the_image():
 def test_blob_is_rgb_nchw_unit_range():
     img = np.zeros((4, 6, 3), np.uint8)
     img[..., 0] = 255  # blue in BGR
-    blob, _ = letterbox_blob(img, 4, 6)
+    blob = to_input(letterbox_planes(img, 4, 6)[0])
     assert blob.shape == (1, 3, 4, 6)
     assert blob.dtype == np.float32
     assert blob[0, 2].max() == 1.0  # blue is the last channel in RGB
@@ -87,12 +86,12 @@ def test_blob_equals_ultralytics_to_the_bit(h, w, ih, iw):
     img = np.random.default_rng(h * w).integers(0, 256, (h, w, 3), np.uint8)
     boxed, geo = letterbox(img, ih, iw)
     theirs = boxed[..., ::-1].transpose(2, 0, 1)[None].astype(np.float32) / np.float32(255)
-    blob, blob_geo = letterbox_blob(img, ih, iw)
-    assert blob_geo == geo
+    # What waits in the queue: uint8 planes, converted by the inference thread.
+    planes, planes_geo = letterbox_planes(img, ih, iw)
+    blob = to_input(planes)
+    assert planes_geo == geo
     assert blob.flags.c_contiguous
     assert np.array_equal(blob, theirs)
-    # What waits in the queue: the same image as uint8 planes, converted by the inference thread.
-    planes, _ = letterbox_planes(img, ih, iw)
     assert planes.dtype == np.uint8
     assert np.array_equal(planes[0], boxed[..., ::-1].transpose(2, 0, 1))
     assert np.array_equal(to_input(planes), theirs)
