@@ -120,10 +120,9 @@ def server_limits(settings: Settings) -> dict[str, Any]:
 
 
 def serve(settings: Settings) -> int:
-    from aiohttp import web
-
     from agent.http import keys
     from agent.http.app import create_app
+    from agent.http.server import run_app
     from agent.logs import setup_logging
     from agent.malloc import limit_arenas
 
@@ -152,13 +151,11 @@ def serve(settings: Settings) -> int:
     )
     app = create_app(settings, handle_signals=True)
     try:
-        web.run_app(
+        run_app(
             app,
             host=settings.host,
             port=settings.port,
             shutdown_timeout=settings.drain_timeout_s,
-            handle_signals=False,
-            print=None,
             access_log=logging.getLogger("aiohttp.access") if settings.log_requests else None,
             **server_limits(settings),
         )

@@ -1,7 +1,7 @@
 """Graceful shutdown: on SIGTERM/SIGINT readiness turns 503 at once, the daemon keeps serving
 for ``drain_grace_s`` (so K3s and load balancers stop routing to it), then stops listening and
-lets in-flight and queued requests finish (``web.run_app``'s shutdown timeout). A second signal
-skips the grace period.
+lets in-flight and queued requests finish (the runner's shutdown timeout). A second signal skips
+the grace period.
 """
 
 from __future__ import annotations
@@ -29,14 +29,15 @@ class Lifecycle:
 
 
 def signal_ctx(lifecycle: Lifecycle, grace_s: float):  # noqa: ANN201 (aiohttp cleanup_ctx)
-    """A ``cleanup_ctx`` entry that installs the SIGTERM/SIGINT handlers for ``web.run_app``."""
+    """A ``cleanup_ctx`` entry that installs the SIGTERM/SIGINT handlers (the runner
+    leaves signals alone)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
 
         def stop() -> None:
             lifecycle.stopped = True
-            raise GracefulExit  # SystemExit: propagates out of the loop into web.run_app
+            raise GracefulExit  # SystemExit: propagates out of the loop into run_app
 
         def on_signal(signame: str) -> None:
             if lifecycle.draining:

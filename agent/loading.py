@@ -14,12 +14,13 @@ from agent.batcher import Batcher, Instance
 from agent.settings import ModelSettings, Settings
 from inference import ModelLoadError, SessionConfig, file_digest
 from inference.cpu import lower_thread_priority
-from inference.kinds import Servable, model_kinds
+from inference.kinds import AUTO, Servable, model_kinds, sniff_kind
 
 
 @dataclass
 class LoadedVersion:
     digest: str
+    kind: str  # "yolov8" or "tensor": told from the graph where the settings say "auto"
     runner: Servable  # instance 0: the version's metadata
     runners: list[Servable]
     batcher: Batcher[Any, Any]
@@ -49,13 +50,18 @@ async def load_version(
     sha256: str,
     on_depth: Callable[[int], None] | None = None,
     on_warming: Callable[[], None] | None = None,
+    kind: str | None = None,
 ) -> LoadedVersion:
-    """Verify, load ``batching.instances`` sessions, warm each up, start a batcher."""
+    """Verify, load ``batching.instances`` sessions, warm each up, start a batcher.
+    ``kind``: the version's own (its sidecar's), else the settings'; "auto" reads the graph."""
     batching = settings.batching_for(cfg)
     digest = await asyncio.to_thread(file_digest, path)
     if sha256 and digest != sha256:
         raise ModelLoadError(f"{path} has sha256 {digest}, expected {sha256}: the file is corrupt")
-    loader = model_kinds()[cfg.kind]
+    kind = kind or cfg.kind
+    if kind == AUTO:
+        kind = await asyncio.to_thread(sniff_kind, path)
+    loader = model_kinds()[kind]
     names = dict(enumerate(cfg.names)) or None
     config = session_config(settings)
     # One thread per instance runs its session for good, and creates it: ONNX Runtime's pool
@@ -101,4 +107,4 @@ async def load_version(
         standing_queue_s=batching.standing_queue_ms / 1000,
         on_depth=on_depth,
     )
-    return LoadedVersion(digest, runners[0], runners, batcher)
+    return LoadedVersion(digest, kind, runners[0], runners, batcher)

@@ -8,7 +8,6 @@ dropped, counted, and the count is written once it catches up.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import queue
 import re
@@ -16,6 +15,8 @@ import sys
 import threading
 import time
 from typing import TextIO
+
+from agent import strict_json
 
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
@@ -48,7 +49,7 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return strict_json.dumps(entry, default=str)
 
 
 class TextFormatter(logging.Formatter):

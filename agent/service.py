@@ -34,7 +34,7 @@ from inference import (
     Thresholds,
     YoloV8Detector,
 )
-from inference.kinds import Servable
+from inference.kinds import AUTO, Servable
 from inference.tensor import TensorModel, TensorSpec, tensor_specs
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ class ModelState(str, enum.Enum):
 @dataclass
 class ServedModel:
     settings: ModelSettings
+    kind: str = AUTO  # the settings' kind until a version loads: then what it really is
     state: ModelState = ModelState.PENDING
     source: str = "file"
     version: str = ""
@@ -83,7 +84,7 @@ class ServedModel:
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "name": self.settings.name,
-            "kind": self.settings.kind,
+            "kind": self.kind,
             "version": self.version,
             "digest": f"sha256:{self.digest}" if self.digest else "",
             "state": self.state.value,
@@ -146,7 +147,9 @@ class ModelService:
         self._on_queue_depth = on_queue_depth
         self.clean_shutdown = True
         self.models: dict[str, ServedModel] = {
-            m.name: ServedModel(m, source=m.source, defaults=Thresholds(m.conf, m.iou, m.max_det))
+            m.name: ServedModel(
+                m, kind=m.kind, source=m.source, defaults=Thresholds(m.conf, m.iou, m.max_det)
+            )
             for m in settings.models
         }
 
@@ -195,6 +198,7 @@ class ModelService:
         """Make ``loaded`` the version that answers: one synchronous step on the event loop, so
         a request sees either the old version or the new one, never a mix or a gap."""
         served.digest = loaded.digest
+        served.kind = loaded.kind
         served.version = version
         served.runner = loaded.runner
         served.provider = loaded.runner.provider
@@ -212,6 +216,10 @@ class ModelService:
     # -- readiness -------------------------------------------------------------------------
     def ready(self) -> bool:
         return all(m.state is ModelState.READY for m in self.models.values())
+
+    def failed(self) -> list[str]:
+        """Models with no version serving because loading failed."""
+        return [n for n, m in self.models.items() if m.state is ModelState.FAILED]
 
     def not_ready(self) -> dict[str, str]:
         return {n: m.state.value for n, m in self.models.items() if m.state is not ModelState.READY}
@@ -259,13 +267,19 @@ class ModelService:
     def check_admission(self, name: str, kind: str | None = None) -> ServedModel:
         """Fail fast — before the body is read — when the request cannot be served."""
         served = self.get(name)
-        if kind is not None and served.settings.kind != kind:
-            endpoint = "detect" if served.settings.kind == "yolov8" else "infer"
+        if served.batcher is None and served.state is ModelState.FAILED:
+            # Its kind may never have been known: say what is wrong, not which endpoint to use.
+            raise ModelNotReadyError(
+                f"model {name!r} failed to load: {served.error}",
+                {"state": served.state.value, "error": served.error},
+            )
+        if kind is not None and served.kind not in (kind, AUTO):
+            endpoint = "detect" if served.kind == "yolov8" else "infer"
             version = "v1" if endpoint == "detect" else "v2"
             raise BadRequestError(
-                f"model {name!r} is a {served.settings.kind} model: "
+                f"model {name!r} is a {served.kind} model: "
                 f"use POST /{version}/models/{name}/{endpoint}",
-                {"kind": served.settings.kind},
+                {"kind": served.kind},
             )
         if served.batcher is None:
             raise ModelNotReadyError(

@@ -17,19 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from agent.config_file import SettingsError, read_config_file
 from inference.bundled import BUNDLE_ROOT, BUNDLED_NAMES, read_bundle
 from inference.errors import EdgeError
-from inference.kinds import model_kinds
+from inference.kinds import AUTO, model_kinds
 
 ENV_PREFIX = "EDGE_AGENT_"
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-
-
-class SettingsError(EdgeError):
-    """A setting is unknown or has a bad value; the message names it."""
 
 
 @dataclass
@@ -73,7 +68,9 @@ class ModelSettings:
     # A model shipped in the package ("defects", "fusion") instead of a path: its file, kind,
     # version, digest and class names come from the bundle's sidecar.
     bundled: str = ""
-    kind: str = "yolov8"  # "yolov8" (POST /v1/.../detect) or "tensor" (POST /v2/.../infer)
+    # "yolov8" (POST /v1/.../detect), "tensor" (POST /v2/.../infer), or "auto": told from the
+    # graph when it loads (one 3-channel NCHW input and a [batch, rows, anchors] output: yolov8)
+    kind: str = AUTO
     version: str = ""  # empty: the first 12 hex digits of the file's sha256
     sha256: str = ""  # when set, a file with another digest is refused as corrupt
     conf: float = 0.25
@@ -91,7 +88,7 @@ class ModelSettings:
         if self.bundled:
             self._resolve_bundled(where)
         _check(str(self.path) not in ("", "."), f"{where}.path", "or bundled is required")
-        kinds = sorted(model_kinds())
+        kinds = [AUTO, *sorted(model_kinds())]
         _check(self.kind in kinds, f"{where}.kind", f"must be one of {kinds}")
         _check(
             self.sha256 == "" or bool(SHA256_RE.match(self.sha256)),
@@ -372,7 +369,7 @@ def load_settings(
     data: dict[str, Any] = {}
     config_file = config_file or _path_or_none(environ.get(ENV_PREFIX + "CONFIG"))
     if config_file is not None:
-        data = _read_yaml(config_file)
+        data = read_config_file(config_file)
     for key, value in _env_layer(environ).items():
         _set_dotted(data, key, value)
     for key, value in (overrides or {}).items():
@@ -389,22 +386,6 @@ def parse_model_spec(spec: str, where: str = "models") -> dict[str, Any]:
     if not sep or not name or not path:
         raise SettingsError(f"{where}: expected NAME=PATH.onnx, got {spec!r}")
     return {"name": name.strip(), "path": path.strip()}
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SettingsError(f"config file {path} is not valid YAML: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise SettingsError(f"config file {path} must hold a mapping at the top level")
-    return data
 
 
 def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:

@@ -9,6 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+import onnxruntime as ort
+
+from inference.errors import ModelLoadError
 from inference.session import SessionConfig
 from inference.tensor import TensorModel
 from inference.yolo import YoloV8Detector
@@ -55,3 +58,29 @@ def _load_tensor(
 def model_kinds() -> dict[str, Loader]:
     """``kind`` (as in settings and sidecars) -> loader."""
     return {"yolov8": _load_yolov8, "tensor": _load_tensor}
+
+
+AUTO = "auto"
+
+
+def sniff_kind(path: Path) -> str:
+    """The kind a model file's graph looks like: one 3-channel NCHW image input and a
+    ``[batch, rows, anchors]`` first output is a YOLOv8 detector; anything else is served as
+    a tensor model. Reads the graph's signature only (a CPU session, no optimisation)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # ORT raises its own untyped errors for unreadable graphs
+        raise ModelLoadError(f"{path} is not a loadable ONNX model: {exc}") from exc
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    one_nchw = len(inputs) == 1 and len(inputs[0].shape) == 4
+    # A symbolic channel axis (a string, or None) may well be 3.
+    image_input = one_nchw and (
+        inputs[0].shape[1] == 3 or not isinstance(inputs[0].shape[1], int)
+    )
+    detector_output = bool(outputs) and len(outputs[0].shape) == 3
+    return "yolov8" if image_input and detector_output else "tensor"

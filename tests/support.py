@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -45,6 +46,15 @@ def require(ok: bool, what: str) -> None:
     if in_ci():
         pytest.fail(f"{what} is missing, and CI=true: .ci/run must provide it")
     pytest.skip(f"{what} is missing")
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def strict_json(body: bytes | str) -> object:
+    """Parse as a strict JSON parser would: a bare NaN, Infinity or -Infinity fails."""
+    return json.loads(body, parse_constant=_not_json)
 
 
 def promtool_check(text: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:

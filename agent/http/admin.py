@@ -8,6 +8,7 @@ from aiohttp import web
 
 from agent.errors import AdminDisabledError, ConflictError, UnauthorizedError
 from agent.http import keys
+from agent.strict_json import json_response
 
 
 def _authorize(request: web.Request) -> None:
@@ -16,10 +17,11 @@ def _authorize(request: web.Request) -> None:
         raise AdminDisabledError("admin endpoints are off: no admin.token_file configured")
     given = request.headers.get("Authorization", "")
     scheme, _, credential = given.partition(" ")
+    # aiohttp decodes header bytes that are not UTF-8 into lone surrogates: "surrogatepass"
+    # encodes any str, so a header of arbitrary bytes is a wrong token (401), never a 500.
+    presented = credential.strip().encode("utf-8", "surrogatepass")
     # compare_digest on bytes of any length: no early exit that times the token out.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        credential.strip().encode(), token.encode()
-    ):
+    if scheme.lower() != "bearer" or not hmac.compare_digest(presented, token.encode()):
         raise UnauthorizedError("a valid bearer token is required")
 
 
@@ -30,4 +32,4 @@ async def sync(request: web.Request) -> web.Response:
     if syncer is None:
         raise ConflictError("no fleet manifest configured (lifecycle.manifest)")
     report = await syncer.sync()
-    return web.json_response({"report": report, "connected": syncer.status.connected})
+    return json_response({"report": report, "connected": syncer.status.connected})

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from agent.health import Liveness, LoopMonitor
 from agent.http import admin, handlers, keys, metrics, v2
+from agent.http.body import check_headers, check_length, expect_handler
 from agent.http.errors import error_middleware
 from agent.lifecycle import Lifecycle, signal_ctx
 from agent.metrics.accelerators import open_probes
@@ -31,7 +32,7 @@ from inference.cpu import lower_thread_priority, usable_cores
 
 def create_app(settings: Settings, *, handle_signals: bool = False) -> web.Application:
     """Build the daemon's app. ``handle_signals``: install the graceful SIGTERM/SIGINT drain
-    (pass ``handle_signals=False`` to ``web.run_app`` then)."""
+    (the runner must then leave signals alone)."""
     app = web.Application(middlewares=[metrics.metrics_middleware, error_middleware])
     app[keys.SETTINGS] = settings
     app[keys.LIFECYCLE] = Lifecycle()
@@ -44,18 +45,22 @@ def create_app(settings: Settings, *, handle_signals: bool = False) -> web.Appli
     app.cleanup_ctx.append(_self_tests_ctx)
     if handle_signals:
         app.cleanup_ctx.append(signal_ctx(app[keys.LIFECYCLE], settings.drain_grace_s))
-    app.router.add_post("/v1/models/{name}/detect", handlers.detect)
+    app.router.add_post(
+        "/v1/models/{name}/detect", handlers.detect, expect_handler=expect_handler(check_headers)
+    )
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_get("/health", handlers.health)
     app.router.add_get("/metrics/summary", metrics.summary)
     app.router.add_get("/metrics", metrics.full)
-    app.router.add_post("/v1/admin/sync", admin.sync)
+    app.router.add_post("/v1/admin/sync", admin.sync, expect_handler=expect_handler(check_length))
     app.router.add_get("/livez", handlers.livez)
     app.router.add_get("/v2/health/live", handlers.v2_live)
     app.router.add_get("/v2/health/ready", handlers.v2_ready)
     app.router.add_get("/v2", v2.server_metadata)
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-        app.router.add_post(prefix + "/infer", v2.infer)
+        app.router.add_post(
+            prefix + "/infer", v2.infer, expect_handler=expect_handler(check_length)
+        )
         app.router.add_get(prefix, v2.model_metadata)
         app.router.add_get(prefix + "/ready", v2.model_ready)
     return app
@@ -103,7 +108,7 @@ def _state(app: web.Application) -> State:
     if service.ready():
         return State(True, f"serving {', '.join(sorted(service.models))}")
     waiting = ", ".join(f"{n} {s}" for n, s in sorted(service.not_ready().items()))
-    return State(False, f"loading: {waiting}")
+    return State(False, f"{'failed' if service.failed() else 'loading'}: {waiting}")
 
 
 def _live(app: web.Application) -> Liveness:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from aiohttp import BodyPartReader, StreamReader, web
+from aiohttp import BodyPartReader, HttpVersion11, StreamReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from agent.errors import (
@@ -16,6 +16,9 @@ from agent.errors import (
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
+from agent.http import keys
+from agent.http.errors import edge_error_response, error_response
+from inference.errors import EdgeError
 
 T = TypeVar("T")
 
@@ -34,9 +37,15 @@ def check_headers(request: web.Request, max_bytes: int) -> None:
 def _check_content_type(request: web.Request) -> None:
     ctype = request.content_type
     if ctype not in IMAGE_TYPES and ctype != "multipart/form-data":
+        # curl --data-binary without -H sends application/x-www-form-urlencoded: say the fix.
         raise UnsupportedMediaTypeError(
-            f"unsupported Content-Type {ctype!r}",
-            {"accepted": sorted(IMAGE_TYPES | {"multipart/form-data"})},
+            f"unsupported Content-Type {ctype!r}: send the image bytes as image/jpeg, "
+            "image/png or application/octet-stream, or one file part of multipart/form-data "
+            "(with curl: -H 'Content-Type: image/jpeg' --data-binary @frame.jpg)",
+            {
+                "accepted": sorted(IMAGE_TYPES | {"multipart/form-data"}),
+                "header": "Content-Type: image/jpeg",
+            },
         )
 
 
@@ -48,6 +57,36 @@ def check_length(request: web.Request, max_bytes: int) -> None:
             f"body of {length} bytes is larger than the limit of {max_bytes}",
             {"max_bytes": max_bytes},
         )
+
+
+def expect_handler(
+    check: Callable[[web.Request, int], None],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse | None]]:
+    """A route's ``Expect: 100-continue`` handler: the refusals that the headers alone decide
+    (``check(request, max_body_bytes)``: size, type) are answered at once, without the interim
+    100 that would invite the client to send a body nobody will read."""
+
+    async def handle(request: web.Request) -> web.StreamResponse | None:
+        expect = request.headers.get(hdrs.EXPECT, "")
+        if expect.lower() != "100-continue":
+            resp = error_response(
+                417, "the only expectation understood is 'Expect: 100-continue'",
+                {"expect": expect[:64]},
+            )
+            resp.force_close()
+            return resp
+        try:
+            check(request, request.app[keys.SETTINGS].limits.max_body_bytes)
+        except EdgeError as exc:
+            refused = edge_error_response(request, exc)
+            refused.force_close()  # the body was never invited: nothing of it is read
+            return refused
+        if request.version == HttpVersion11:
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the interim answer is not the response
+        return None
+
+    return handle
 
 
 class _Deadline:

@@ -25,6 +25,7 @@ from agent.errors import (
 )
 from agent.http import keys
 from agent.models.swap import SwapRejectedError
+from agent.strict_json import json_response
 from inference.errors import (
     EdgeError,
     ImageTooLargeError,
@@ -75,7 +76,7 @@ def status_for(exc: EdgeError) -> tuple[int, str]:
 def error_response(
     status: int, message: str, detail: object = None, headers: dict[str, str] | None = None
 ) -> web.Response:
-    return web.json_response({"error": message, "detail": detail}, status=status, headers=headers)
+    return json_response({"error": message, "detail": detail}, status=status, headers=headers)
 
 
 def _retry_after(exc: EdgeError) -> dict[str, str]:
@@ -86,26 +87,31 @@ def _retry_after(exc: EdgeError) -> dict[str, str]:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def edge_error_response(request: web.Request, exc: EdgeError) -> web.Response:
+    """The answer to one of the project's errors (also used before the body is invited)."""
+    status, reason = status_for(exc)
+    request[keys.REJECTION] = reason
+    headers = _retry_after(exc) if status == 503 else None
+    # Refusals (503 shed, 504 deadline) are counted, not logged: under overload a line per
+    # refused frame would be hundreds a second.
+    if status >= 500 and status not in (503, 504):
+        log.warning(
+            "request failed",
+            extra={"path": request.path, "status": status, "error": exc.message},
+        )
+    resp = error_response(status, exc.message, exc.detail, headers)
+    if status in _BODY_LEFT_UNREAD:
+        # The rest of the body is not wanted: close instead of reading it to the end.
+        resp.force_close()
+    return resp
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except EdgeError as exc:
-        status, reason = status_for(exc)
-        request[keys.REJECTION] = reason
-        headers = _retry_after(exc) if status == 503 else None
-        # Refusals (503 shed, 504 deadline) are counted, not logged: under overload a line per
-        # refused frame would be hundreds a second.
-        if status >= 500 and status not in (503, 504):
-            log.warning(
-                "request failed",
-                extra={"path": request.path, "status": status, "error": exc.message},
-            )
-        resp = error_response(status, exc.message, exc.detail, headers)
-        if status in _BODY_LEFT_UNREAD:
-            # The rest of the body is not wanted: close instead of reading it to the end.
-            resp.force_close()
-        return resp
+        return edge_error_response(request, exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -13,6 +13,7 @@ from agent.health import Liveness, check_liveness
 from agent.http import keys
 from agent.http.body import check_headers, read_image
 from agent.service import DetectResult
+from agent.strict_json import json_response
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ async def detect(request: web.Request) -> web.Response:
                 "total_ms": round(result.timing_s["total"] * 1000, 2),
             },
         )
-    return web.json_response(_detect_body(result))
+    return json_response(_detect_body(result))
 
 
 def _detect_body(result: DetectResult) -> dict[str, object]:
@@ -75,17 +76,19 @@ async def health(request: web.Request) -> web.Response:
     """Readiness: 200 only when every model is loaded and warmed up and we are not draining."""
     service, lifecycle = request.app[keys.SERVICE], request.app[keys.LIFECYCLE]
     if lifecycle.draining:
-        return web.json_response({"status": "draining"}, status=503)
+        return json_response({"status": "draining"}, status=503)
     if not service.ready():
-        return web.json_response(
+        errors = {n: m.error for n, m in service.models.items() if m.error}
+        # "failed": a model will not load without a new version or a restart; "loading": wait.
+        return json_response(
             {
-                "status": "loading",
+                "status": "failed" if service.failed() else "loading",
                 "waiting_for": service.not_ready(),
-                "errors": {n: m.error for n, m in service.models.items() if m.error},
+                "errors": errors,
             },
             status=503,
         )
-    return web.json_response({"status": "ready", "models": sorted(service.models)})
+    return json_response({"status": "ready", "models": sorted(service.models)})
 
 
 def liveness_of(app: web.Application) -> Liveness:
@@ -101,22 +104,22 @@ def liveness_of(app: web.Application) -> Liveness:
 
 async def livez(request: web.Request) -> web.Response:
     state = liveness_of(request.app)
-    return web.json_response(state.as_dict(), status=200 if state.live else 503)
+    return json_response(state.as_dict(), status=200 if state.live else 503)
 
 
 async def list_models(request: web.Request) -> web.Response:
     service = request.app[keys.SERVICE]
-    return web.json_response({"models": [m.describe() for m in service.models.values()]})
+    return json_response({"models": [m.describe() for m in service.models.values()]})
 
 
 async def v2_live(request: web.Request) -> web.Response:
     state = liveness_of(request.app)
-    return web.json_response({"live": state.live}, status=200 if state.live else 503)
+    return json_response({"live": state.live}, status=200 if state.live else 503)
 
 
 async def v2_ready(request: web.Request) -> web.Response:
     ready = request.app[keys.SERVICE].ready() and not request.app[keys.LIFECYCLE].draining
-    return web.json_response({"ready": ready}, status=200 if ready else 503)
+    return json_response({"ready": ready}, status=200 if ready else 503)
 
 
 Number = TypeVar("Number", int, float)

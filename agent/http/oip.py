@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from agent import strict_json
 from agent.errors import BadRequestError
 from inference.tensor import NUMPY_DTYPES, TensorSpec
 
@@ -196,7 +197,7 @@ def encode_infer_response(
             entry["data"] = array.ravel().tolist()
         tensors.append(entry)
     doc["outputs"] = tensors
-    header = json.dumps(doc, allow_nan=False).encode()
+    header = strict_json.dumps(doc).encode()
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)

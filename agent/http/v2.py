@@ -19,13 +19,14 @@ from agent.http.oip import (
     select_outputs,
 )
 from agent.service import ServedModel
+from agent.strict_json import json_response
 from inference.tensor import TensorSpec
 
 EXTENSIONS = ["binary_tensor_data"]
 
 
 async def server_metadata(request: web.Request) -> web.Response:
-    return web.json_response(
+    return json_response(
         {"name": "edge-agent", "version": __version__, "extensions": EXTENSIONS}
     )
 
@@ -44,7 +45,7 @@ def _served(request: web.Request) -> ServedModel:
 async def model_metadata(request: web.Request) -> web.Response:
     served = _served(request)
     inputs, outputs = served.signature()
-    parameters: dict[str, object] = {"kind": served.settings.kind, "state": served.state.value}
+    parameters: dict[str, object] = {"kind": served.kind, "state": served.state.value}
     if served.tensor is not None and served.tensor.labels:
         parameters["labels"] = served.tensor.labels
     body: dict[str, object] = {
@@ -55,13 +56,13 @@ async def model_metadata(request: web.Request) -> web.Response:
         "outputs": [t.as_dict() for t in outputs],
         "parameters": parameters,
     }
-    return web.json_response(body)
+    return json_response(body)
 
 
 async def model_ready(request: web.Request) -> web.Response:
     served = _served(request)
     ready = served.batcher is not None and not request.app[keys.LIFECYCLE].draining
-    return web.json_response(
+    return json_response(
         {"name": served.settings.name, "ready": ready}, status=200 if ready else 503
     )
 

@@ -14,6 +14,7 @@ from agent.loading import load_version
 from agent.service import ModelService
 from agent.validation import golden_bundle, score_servable
 from inference.errors import EdgeError
+from inference.kinds import AUTO
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,15 @@ class Candidate:
     source: str
 
 
+def _check_kind(running: str, candidate: str, source: str, name: str) -> None:
+    """A version of another kind would break every client of the model: refused. "auto" (not
+    known before the graph is read) is checked again once the candidate has loaded."""
+    if AUTO not in (running, candidate) and candidate != running:
+        raise SwapRejectedError(
+            f"{source}: a {candidate} model cannot replace the {running} model {name!r}"
+        )
+
+
 class Swapper:
     """One swap per model at a time."""
 
@@ -53,21 +63,22 @@ class Swapper:
         service = self._service
         served = service.get(name)
         cfg = served.settings
-        if candidate.kind != cfg.kind:
-            raise SwapRejectedError(
-                f"{candidate.source}: a {candidate.kind} model cannot replace the {cfg.kind} "
-                f"model {name!r}"
-            )
+        _check_kind(served.kind, candidate.kind, candidate.source, name)
         try:
             loaded = await load_version(
                 service.settings, cfg, candidate.path, candidate.sha256,
-                service.depth_observer(name),
+                service.depth_observer(name), kind=candidate.kind,
             )
         except Exception as exc:
             raise SwapRejectedError(
                 f"version {candidate.version} of {name!r} did not load: "
                 f"{getattr(exc, 'message', exc)}"
             ) from exc
+        try:
+            _check_kind(served.kind, loaded.kind, candidate.source, name)
+        except SwapRejectedError:
+            await loaded.batcher.close(0)
+            raise
         bundle = golden_bundle(served)
         score = None
         if bundle is not None:

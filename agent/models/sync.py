@@ -106,7 +106,7 @@ class Syncer:
             path=path,
             sha256=parse_digest(resolved.digest),
             version=resolved.version,
-            kind=str(resolved.sidecar.get("kind", served.settings.kind)),
+            kind=str(resolved.sidecar.get("kind", served.kind)),
             source=target.source,
         )
         score = await self._swapper.swap(plan.name, candidate, Gate(plan.min_score, plan.max_drop))

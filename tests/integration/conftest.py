@@ -54,6 +54,7 @@ def versions(tmp_path) -> dict[str, str]:
         "bundled": FUSION.folder.joinpath("model.json").as_uri(),
         "1.0.1": publish(root / "1.0.1", fusion_model("1.0.1"), "1.0.1"),
         "broken": publish(root / "broken", fusion_model("9.9.9", broken=True), "9.9.9"),
+        "worse": publish(root / "worse", fusion_model("1.1.0", normal_bias=6.0), "1.1.0"),
         "wrong-digest": publish(root / "wrong", fusion_model("1.0.2"), "1.0.2", "ab" * 32),
     }
 

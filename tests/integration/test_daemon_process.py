@@ -14,6 +14,7 @@ import pytest
 from support import Daemon, assert_parity, image_bytes, shed_for_load
 
 from agent import __version__
+from inference.bundled import BUNDLE_ROOT
 
 JPEG = {"Content-Type": "image/jpeg"}
 
@@ -173,6 +174,74 @@ def test_a_bad_setting_stops_startup_naming_the_key(tmp_path):
     assert proc.returncode == 2
     assert "batching.max_qeue" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("port: 8080\nbatching:\n  max_queue: [1,\n", "line 4, column 1"),
+        ("port: 8080\n  bad: 1\n", "line 2, column 6"),
+        ("port: 8080\nhost:\t0.0.0.0\n", "line 2, column 6"),
+        ("port: 8080\nport: 9090\n", "line 2, column 1"),
+        ("port: \xff\n", "line 1"),
+        ("[" * 5000 + "]" * 5000 + "\n", "nested"),
+    ],
+)
+def test_a_broken_config_file_exits_2_naming_file_line_and_column(tmp_path, text, where):
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_bytes(text.encode("latin-1"))
+    proc = run_cli("serve", "--config", str(cfg))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"edge-agent: configuration error: config file {cfg}")
+    assert where in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+async def test_a_model_that_failed_to_load_says_failed_and_why(daemon_factory, tmp_path):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx graph at all")
+    d = daemon_factory("--model", f"cam={broken}")
+    async with aiohttp.ClientSession() as http:
+        health: dict = {"status": "loading"}
+        for _ in range(600):
+            try:
+                async with http.get(d.url + "/health") as resp:
+                    health = await resp.json()
+            except aiohttp.ClientConnectionError:
+                pass  # not listening yet
+            if health["status"] != "loading":
+                break
+            await asyncio.sleep(0.05)
+        assert resp.status == 503
+        assert health["status"] == "failed", health
+        assert "cam" in health["errors"]
+        assert health["waiting_for"] == {"cam": "failed"}
+        for path, ctype in (("/v1/models/cam/detect", "image/jpeg"),
+                            ("/v2/models/cam/infer", "application/json")):
+            async with http.post(d.url + path, data=b"{}", headers={"Content-Type": ctype}) as r:
+                body = await r.json()
+                assert r.status == 503, body
+                assert body["error"].startswith("model 'cam' failed to load"), body
+                assert "use POST" not in body["error"]
+
+
+async def test_a_tensor_model_given_as_name_path_is_served_as_a_tensor_model(daemon_factory):
+    fusion = BUNDLE_ROOT / "fusion"
+    d = daemon_factory("--model", f"motor={fusion / 'model.onnx'}")
+    await d.wait_ready()
+    sample = json.loads((fusion / "sample-request.json").read_text())
+    async with aiohttp.ClientSession() as http:
+        async with http.get(d.url + "/v1/models") as resp:
+            (model,) = (await resp.json())["models"]
+        assert (model["name"], model["kind"]) == ("motor", "tensor")
+        async with http.post(d.url + "/v2/models/motor/infer", json=sample) as resp:
+            assert resp.status == 200, await resp.text()
+            outputs = {o["name"]: o for o in (await resp.json())["outputs"]}
+        assert outputs["state_probs"]["shape"] == [1, 5]
+        async with http.post(d.url + "/v1/models/motor/detect", data=image_bytes(
+                "coffee-600x400.jpg"), headers=JPEG) as resp:
+            assert resp.status == 400
+            assert "use POST /v2/models/motor/infer" in (await resp.json())["error"]
 
 
 async def test_port_in_use_is_a_clear_error(daemon_factory, tmp_path):

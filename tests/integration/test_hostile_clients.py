@@ -11,7 +11,7 @@ import time
 
 import aiohttp
 import pytest
-from support import TINY_MODEL, Daemon, image_bytes
+from support import TINY_MODEL, Daemon, image_bytes, strict_json
 
 LIMITS = {
     "EDGE_AGENT_LIMITS__BODY_TIMEOUT_S": "1",
@@ -120,8 +120,10 @@ async def test_oversized_headers_are_refused_without_harm(daemon, headers, why):
     reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
     writer.write(f"GET /health HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
     await writer.drain()
-    status, _, _ = await read_response(reader)
+    status, headers, body = await read_response(reader)
     assert status in (400, 431), why
+    assert headers["content-type"].startswith("application/json"), why
+    assert strict_json(body)["error"], why
     assert await closed_by_peer(reader, 3), why
     writer.close()
     await still_serves(daemon)
@@ -161,3 +163,91 @@ async def test_an_endless_chunked_body_stops_being_read_at_the_limit(daemon):
     assert sent < limit + 32 * 1024 * 1024
     assert answer in ([413], [])
     await still_serves(daemon)
+
+
+async def test_expect_100_continue_over_the_limit_is_413_at_once_without_inviting_the_body(daemon):
+    limit = int(LIMITS["EDGE_AGENT_LIMITS__MAX_BODY_BYTES"])
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+    writer.write(
+        f"POST {DETECT} HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        f"Expect: 100-continue\r\nContent-Length: {limit * 50}\r\n\r\n".encode()
+    )
+    await writer.drain()
+    # The very first bytes back are the final answer: no "HTTP/1.1 100 Continue" before it.
+    status, headers, body = await read_response(reader)
+    assert status == 413
+    assert strict_json(body)["detail"] == {"max_bytes": limit}
+    assert headers.get("connection", "").lower() == "close"
+    assert await closed_by_peer(reader, 3)
+    writer.close()
+    await still_serves(daemon)
+
+
+async def test_expect_100_continue_within_the_limit_is_invited_and_answered(daemon):
+    frame = image_bytes("coffee-600x400.jpg")
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+    writer.write(
+        f"POST {DETECT} HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        f"Expect: 100-continue\r\nContent-Length: {len(frame)}\r\n\r\n".encode()
+    )
+    await writer.drain()
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(frame)
+    status, _, body = await read_response(reader)
+    assert status == 200, body
+    assert strict_json(body)["image"] == {"width": 600, "height": 400}
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    ("head", "why"),
+    [
+        ("POST {p} HTTP/1.1\r\nHost: x\r\nContent-Length: 12x\r\n\r\n", "bad Content-Length"),
+        ("POST {p} HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+         "huge Content-Length"),
+        ("POST {p} HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd",
+         "duplicate Content-Length"),
+        ("POST {p} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n"
+         "\r\nabcd", "Transfer-Encoding with Content-Length"),
+        ("POST {p} HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+         "Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n", "bad chunk size"),
+        ("GARBAGE / HTTP/1.1\r\nHost: x\r\n\r\n", "bad method"),
+        ("GET /health HTTP/1.1\r\nHost: x\r\nBad Header: v\r\n\r\n", "space in a header name"),
+        ("GET /health HTTP/9.9\r\nHost: x\r\n\r\n", "bad version"),
+    ],
+)
+async def test_requests_the_http_parser_refuses_get_the_json_error_shape(daemon, head, why):
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+    writer.write(head.format(p=DETECT).encode())
+    await writer.drain()
+    status, headers, body = await read_response(reader)
+    assert 400 <= status < 500, (why, status, body)
+    assert headers["content-type"].startswith("application/json"), (why, headers)
+    answer = strict_json(body)
+    assert isinstance(answer, dict), why
+    assert answer["error"], (why, answer)
+    assert set(answer) == {"error", "detail"}, (why, answer)
+    writer.close()
+    await still_serves(daemon)
+
+
+async def test_a_non_ascii_bearer_token_is_401_not_500(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("the-admin-token\n")
+    d = Daemon(["--state-dir", str(tmp_path / "state"), "--model", f"tiny={TINY_MODEL}"],
+               env={"EDGE_AGENT_ADMIN__TOKEN_FILE": str(token)})
+    try:
+        await d.wait_ready()
+        for credential in (b"Bearer \xc3\xa9t\xc3\xa9", b"Bearer \xff\xfe",
+                           b"Bearer " + b"\xe2\x82\xac" * 50, b"\xff"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", d.port)
+            writer.write(b"POST /v1/admin/sync HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+                         b"Authorization: " + credential + b"\r\n\r\n")
+            await writer.drain()
+            status, _, body = await read_response(reader)
+            writer.close()
+            assert status == 401, (credential, body)
+            assert strict_json(body)["error"] == "a valid bearer token is required"
+    finally:
+        d.stop()

@@ -108,6 +108,20 @@ async def test_bad_requests_get_json_4xx(client, path, body, ctype, status, need
     assert needle in payload["error"] or needle in str(payload["detail"])
 
 
+async def test_curl_without_a_content_type_is_told_the_header_to_add(client):
+    """``curl --data-binary @frame.jpg URL`` sends application/x-www-form-urlencoded."""
+    resp = await client.post(
+        "/v1/models/tiny/detect",
+        data=image_bytes("coffee-600x400.jpg"),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert resp.status == 415
+    payload = await resp.json()
+    assert "-H 'Content-Type: image/jpeg'" in payload["error"]
+    assert "application/x-www-form-urlencoded" in payload["error"]
+    assert set(payload["detail"]["accepted"]) >= {"image/jpeg", "image/png", "multipart/form-data"}
+
+
 async def test_body_over_the_limit_is_413_by_content_length(client_factory, settings_factory):
     client = await client_factory(settings_factory(**{"limits.max_body_bytes": 10_000}))
     resp = await client.post("/v1/models/tiny/detect", data=b"\xff" * 10_001, headers=JPEG)

@@ -13,8 +13,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from aiohttp import web
-from lifecycle_helpers import AUTH, FUSION, fusion_model, models, publish, summary, write_manifest
+from aiohttp import ClientSession, web
+from lifecycle_helpers import (
+    AUTH,
+    FUSION,
+    TOKEN,
+    fusion_model,
+    models,
+    publish,
+    summary,
+    write_manifest,
+)
+from support import Daemon
 
 
 async def test_an_update_under_load_has_no_failed_request_and_no_unready_moment(
@@ -82,6 +92,73 @@ async def test_a_wrong_digest_and_a_model_that_fails_validation_are_refused(
     assert not [p for p in blobs.iterdir() if p.name.startswith(".")]
     sample = (FUSION.folder / "sample-request.json").read_bytes()
     assert (await client.post("/v2/models/fusion/infer", data=sample)).status == 200
+
+
+async def test_max_drop_refuses_a_version_that_passes_min_score_but_falls_behind(
+    lifecycle, versions, client_factory
+):
+    """The candidate scores 0.93: over min_score 0.9, but 0.04 under the running 0.97."""
+    manifest, make = lifecycle
+    write_manifest(manifest, versions["bundled"])
+    client = await client_factory(make())
+    write_manifest(manifest, versions["worse"], min_score=0.9, max_drop=0.02)
+    report = await (await client.post("/v1/admin/sync", headers=AUTH)).json()
+    refusal = report["report"]["fusion"]
+    assert refusal.startswith("refused"), report
+    assert "under the running version" in refusal, refusal
+    assert "min_score" not in refusal
+    assert (await models(client))["fusion"]["version"] == "1.0.0"
+    # The same candidate within a looser max_drop is taken: the drop, not the score, refused it.
+    write_manifest(manifest, versions["worse"], min_score=0.9, max_drop=0.05)
+    report = await (await client.post("/v1/admin/sync", headers=AUTH)).json()
+    assert report["report"]["fusion"].startswith("swapped to 1.1.0"), report
+    assert (await models(client))["fusion"]["validation"]["score"] == 0.93
+
+
+def cohort_bucket(node: str, model: str) -> int:
+    """The canary rule, written out independently of the agent's code."""
+    return int(hashlib.sha256(f"{node}/{model}".encode()).hexdigest()[:8], 16) % 100
+
+
+async def test_a_daemon_joins_the_canary_exactly_when_its_hash_bucket_is_under_percent(
+    versions, tmp_path
+):
+    """A real daemon process, its node name from NODE_NAME as the DaemonSet sets it: at
+    percent == bucket it stays stable, at bucket + 1 it takes the canary."""
+    node = next(n for n in (f"line3-node{i:03d}" for i in range(1000))
+                if 20 <= cohort_bucket(n, "fusion") <= 80)
+    bucket = cohort_bucket(node, "fusion")
+    manifest = tmp_path / "fleet.yaml"
+    write_manifest(manifest, versions["bundled"], canary=versions["1.0.1"], percent=bucket)
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    d = Daemon(
+        ["--state-dir", str(tmp_path / "state")],
+        env={"NODE_NAME": node, "EDGE_AGENT_MODELS": "", "EDGE_AGENT_LIFECYCLE__MANIFEST":
+             str(manifest), "EDGE_AGENT_LIFECYCLE__WATCH_INTERVAL_S": "0",
+             "EDGE_AGENT_LIFECYCLE__POLL_INTERVAL_S": "3600",
+             "EDGE_AGENT_ADMIN__TOKEN_FILE": str(token)},
+    )
+    try:
+        await d.wait_ready()
+        async with ClientSession(d.url) as http:
+            seen = []
+            for percent in (bucket, bucket + 1, bucket):
+                write_manifest(manifest, versions["bundled"], canary=versions["1.0.1"],
+                               percent=percent)
+                async with http.post("/v1/admin/sync", headers=AUTH) as resp:
+                    assert resp.status == 200, await resp.text()
+                fusion = (await models(http))["fusion"]
+                canary = (await summary(http)).get(
+                    ("edge_model_canary", (("model", "fusion"), ("version", fusion["version"]))))
+                seen.append((percent, fusion["version"], fusion["rollout"], canary))
+    finally:
+        d.stop()
+    assert seen == [
+        (bucket, "1.0.0", "stable", 0),
+        (bucket + 1, "1.0.1", "canary", 1),
+        (bucket, "1.0.0", "stable", 0),
+    ], (node, bucket)
 
 
 async def test_restart_with_the_network_gone_serves_the_cached_last_known_good(

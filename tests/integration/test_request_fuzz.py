@@ -12,15 +12,17 @@ import asyncio
 import http.client
 import json
 import os
+import socket
 from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import FIXTURES, TINY_MODEL, Daemon
+from support import FIXTURES, TINY_MODEL, Daemon, strict_json
 
 CORPUS = FIXTURES / "fuzz"
+ADMIN_TOKEN = "fuzz-admin-token-7f3a"
 FUZZ = settings(
     max_examples=int(os.environ.get("EDGE_FUZZ_EXAMPLES", "250")),
     deadline=None,
@@ -50,7 +52,10 @@ INFER = {s[0]: s for s in INFER_SEEDS}
 def daemon(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("fuzz")
     config = root / "config.yaml"
+    token = root / "admin-token"
+    token.write_text(ADMIN_TOKEN + "\n")
     config.write_text(json.dumps({
+        "admin": {"token_file": str(token)},
         "models": [{"name": "tiny", "path": str(TINY_MODEL)}, {"name": "fusion",
                                                                 "bundled": "fusion"}],
         "limits": {"max_body_bytes": 2 * 1024 * 1024, "max_image_pixels": 4_000_000,
@@ -86,7 +91,8 @@ def check_answer(d: Daemon, status: int, body: bytes, headers: dict[str, str]) -
     assert d.proc.poll() is None, f"daemon died: {d.wait()}\n{d.output[-3000:]}"
     expired_ok = status == 504 and "X-Deadline-Ms" in headers
     assert status < 500 or expired_ok, (status, body[:500])
-    answer = json.loads(body)
+    answer = strict_json(body)
+    assert isinstance(answer, dict), answer
     if status >= 400:
         assert isinstance(answer["error"], str), answer
         assert answer["error"]
@@ -177,6 +183,43 @@ def test_infer_bytes(daemon, seed, mutation, hlen, model):
         headers["Inference-Header-Content-Length"] = length
     status, body = send(daemon, f"/v2/models/{model}/infer", mutate(data, *mutation), headers)
     check_answer(daemon, status, body, headers)
+
+
+def send_raw(d: Daemon, request: bytes) -> tuple[int, bytes]:
+    """One request as raw bytes (header values no HTTP client library would send)."""
+    with socket.create_connection(("127.0.0.1", d.port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")[1:]
+                   if line.lower().startswith(b"content-length:")), len(body))
+    return status, body[:length]
+
+
+@FUZZ
+@given(
+    scheme=st.sampled_from([b"Bearer ", b"bearer ", b"BEARER  ", b"Basic ", b"Bearer", b""]),
+    credential=st.one_of(
+        st.binary(max_size=64),
+        st.text(max_size=32).map(lambda t: t.encode("utf-8")),
+        st.text(max_size=32).map(lambda t: t.encode("utf-16")),
+        st.just(ADMIN_TOKEN.encode()).flatmap(
+            lambda t: st.sampled_from([t[:-1], t + b"\xff", "é".encode("latin-1") + t])),
+        st.integers(1, 20_000).map(lambda n: b"A" * n),
+    ),
+)
+def test_admin_authorization_header(daemon, scheme, credential):
+    """Any bytes in the Authorization header (any encoding, NUL, 8 bit, huge): a JSON 401, or
+    a JSON 400 for what HTTP itself forbids; never a 5xx, never let in."""
+    credential = credential.replace(b"\r", b"").replace(b"\n", b"")
+    request = (b"POST /v1/admin/sync HTTP/1.1\r\nHost: edge\r\nContent-Length: 0\r\n"
+               b"Connection: close\r\nAuthorization: " + scheme + credential + b"\r\n\r\n")
+    status, body = send_raw(daemon, request)
+    check_answer(daemon, status, body, {})
+    assert status in (400, 401), (status, body[:300])
 
 
 def test_every_seed_as_is_and_memory_does_not_grow_with_requests(daemon):
