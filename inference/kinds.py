@@ -75,7 +75,7 @@ def sniff_kind(path: Path) -> str:
             str(path), options, providers=["CPUExecutionProvider"]
         )
     except Exception as exc:  # ORT raises its own untyped errors for unreadable graphs
-        raise ModelLoadError(f"{path} is not a loadable ONNX model: {exc}") from exc
+        raise ModelLoadError(f"onnxruntime cannot load {path.name}: {exc}", str(path)) from exc
     inputs, outputs = session.get_inputs(), session.get_outputs()
     one_nchw = len(inputs) == 1 and len(inputs[0].shape) == 4
     # A symbolic channel axis (a string, or None) may well be 3.
