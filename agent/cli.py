@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.settings import Settings, SettingsError, load_settings, parse_model_spec
+from agent.settings import Settings
+from agent.settings_loader import SettingsError, load_settings, parse_model_spec
 from inference.errors import EdgeError
 from inference.files import check_writable_dir
 

@@ -1,20 +1,68 @@
-"""Loading one model version: sessions, warm-up, its batching queue. Nothing is served yet;
-the service installs the result (at start, or in a hot swap beside the running version)."""
+"""Loading one model version: sessions, warm-up, its batching queue, and the record that will
+name it. Nothing is served yet: the service publishes the record (at start, or in a hot swap
+beside the running version)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.batcher import Batcher, Instance
+from agent.kinds import kind_adapters
+from agent.records import VersionRecord
 from agent.settings import ModelSettings, Settings
 from inference import ModelLoadError, SessionConfig, file_digest
+from inference.bundled import BUNDLE_ROOT, read_bundle
 from inference.cpu import lower_thread_priority
 from inference.kinds import AUTO, Servable, model_kinds, sniff_kind
+from inference.yolo import Thresholds
+
+
+@dataclass(frozen=True)
+class VersionSpec:
+    """A version to load: its file and what its sidecar says of it."""
+
+    path: Path
+    source: str  # "bundled", "file", or the manifest source it came from
+    sha256: str = ""  # expected digest; empty: not checked
+    version: str = ""  # empty: the first 12 hex digits of the file's sha256
+    kind: str = AUTO  # the sidecar's; "auto": the settings', else read off the graph
+    labels: tuple[str, ...] = ()  # the sidecar's; empty: the ONNX metadata's
+    thresholds: dict[str, float] = field(default_factory=dict)  # the sidecar's conf/iou/max_det
+
+
+def spec_from_sidecar(path: Path, sidecar: dict[str, Any], source: str,
+                      sha256: str = "") -> VersionSpec:
+    """The version a sidecar (``model.json``) describes, its file at ``path``."""
+    raw = sidecar.get("thresholds")
+    thresholds = {k: float(v) for k, v in raw.items()
+                  if k in ("conf", "iou", "max_det")} if isinstance(raw, dict) else {}
+    labels = sidecar.get("labels")
+    return VersionSpec(
+        path=path,
+        source=source,
+        sha256=sha256 or str(sidecar.get("sha256", "")),
+        version=str(sidecar.get("version", "")),
+        kind=str(sidecar.get("kind", AUTO)),
+        labels=tuple(str(n) for n in labels) if isinstance(labels, list) else (),
+        thresholds=thresholds,
+    )
+
+
+def spec_from_settings(cfg: ModelSettings) -> VersionSpec:
+    """The version the settings name: a bundled model's (its sidecar, read now) or a file."""
+    if cfg.bundled:
+        bundle = read_bundle(BUNDLE_ROOT / cfg.bundled)
+        spec = spec_from_sidecar(bundle.model_path, bundle.sidecar, "bundled")
+        return dataclasses.replace(spec, version=cfg.version) if cfg.version else spec
+    return VersionSpec(path=cfg.path, source="file", sha256=cfg.sha256, version=cfg.version,
+                       kind=cfg.kind)
 
 
 @dataclass
@@ -28,6 +76,33 @@ class LoadedVersion:
     @property
     def instances(self) -> int:
         return len(self.runners)
+
+    def record(self, cfg: ModelSettings, spec: VersionSpec, rollout: str = "",
+               score: float | None = None) -> VersionRecord:
+        """The complete record of this version, ready to publish: settings override the
+        version's own thresholds (its sidecar's), explicitly, field by field."""
+        adapter = kind_adapters()[self.kind]
+        own = spec.thresholds
+        defaults = Thresholds(
+            conf=cfg.conf if cfg.conf is not None else float(own.get("conf", 0.25)),
+            iou=cfg.iou if cfg.iou is not None else float(own.get("iou", 0.7)),
+            max_det=cfg.max_det if cfg.max_det is not None else int(own.get("max_det", 300)),
+        )
+        return VersionRecord(
+            model=cfg.name,
+            kind=adapter,
+            version=spec.version or self.digest[:12],
+            digest=self.digest,
+            labels=adapter.labels(self.runner),
+            provider=self.runner.provider,
+            source=spec.source,
+            runner=self.runner,
+            batcher=self.batcher,
+            defaults=defaults,
+            rollout=rollout,
+            score=score,
+            scored_at=None if score is None else time.monotonic(),
+        )
 
 
 def session_config(settings: Settings) -> SessionConfig:
@@ -46,23 +121,23 @@ def session_config(settings: Settings) -> SessionConfig:
 async def load_version(
     settings: Settings,
     cfg: ModelSettings,
-    path: Path,
-    sha256: str,
+    spec: VersionSpec,
     on_depth: Callable[[int], None] | None = None,
     on_warming: Callable[[], None] | None = None,
-    kind: str | None = None,
 ) -> LoadedVersion:
-    """Verify, load ``batching.instances`` sessions, warm each up, start a batcher.
-    ``kind``: the version's own (its sidecar's), else the settings'; "auto" reads the graph."""
+    """Verify, load ``batching.instances`` sessions, warm each up, start a batcher. The kind
+    is the version's own (its sidecar's), else the settings'; "auto" reads the graph. Class
+    names: the settings' override, else the version's own, else the ONNX metadata's."""
     batching = settings.batching_for(cfg)
+    path, sha256 = spec.path, spec.sha256
     digest = await asyncio.to_thread(file_digest, path)
     if sha256 and digest != sha256:
         raise ModelLoadError(f"{path} has sha256 {digest}, expected {sha256}: the file is corrupt")
-    kind = kind or cfg.kind
+    kind = spec.kind if spec.kind != AUTO else cfg.kind
     if kind == AUTO:
         kind = await asyncio.to_thread(sniff_kind, path)
     loader = model_kinds()[kind]
-    names = dict(enumerate(cfg.names)) or None
+    names = dict(enumerate(cfg.names or spec.labels)) or None
     config = session_config(settings)
     # One thread per instance runs its session for good, and creates it: ONNX Runtime's pool
     # threads are started by the creating thread and inherit its (lowered) priority.

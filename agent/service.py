@@ -1,24 +1,26 @@
-"""The core service (like MLServer's DataPlane): holds the models, answers detect requests.
+"""The core service (like MLServer's DataPlane): holds the models, answers requests.
 
 HTTP handlers only parse and serialise; everything about models — loading, warm-up, readiness,
-queues, the stages of a request — happens here.
+queues, the stages of a request — happens here. Each model holds one reference to the
+immutable record of its active version (:mod:`agent.records`); this service is the only
+writer of that reference, and a request works on the record it was admitted with.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
+import dataclasses
 import functools
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 
-from agent.batcher import Batcher, RunTiming
+from agent.batcher import RunTiming
 from agent.errors import (
     BadRequestError,
     DrainingError,
@@ -26,109 +28,28 @@ from agent.errors import (
     ModelNotReadyError,
     QueueFullError,
 )
-from agent.loading import LoadedVersion, load_version
-from agent.settings import ModelSettings, Settings
-from inference import (
-    Detection,
-    PreparedImage,
-    Thresholds,
-    YoloV8Detector,
-)
-from inference.kinds import AUTO, Servable
-from inference.tensor import TensorModel, TensorSpec, tensor_specs
+from agent.kinds import kind_adapters
+from agent.loading import VersionSpec, load_version, spec_from_settings
+from agent.records import LoadState, Model, VersionRecord
+from agent.settings import Settings
+from inference import Detection, PreparedImage, Thresholds, YoloV8Detector
+from inference.bundled import Bundle
+from inference.kinds import AUTO
+from inference.tensor import TensorModel
 
 log = logging.getLogger(__name__)
 
 
-class ModelState(str, enum.Enum):
-    PENDING = "pending"
-    LOADING = "loading"
-    WARMING = "warming"
-    READY = "ready"
-    FAILED = "failed"
-
-
-@dataclass
-class ServedModel:
-    settings: ModelSettings
-    kind: str = AUTO  # the settings' kind until a version loads: then what it really is
-    state: ModelState = ModelState.PENDING
-    source: str = "file"
-    version: str = ""
-    digest: str = ""
-    provider: str = ""
-    error: str | None = None
-    validation_score: float | None = None  # on the golden set, measured on this node
-    validated_at: float | None = None  # time.monotonic() of that measurement
-    rollout: str = ""  # "stable" or "canary" once a fleet manifest assigned this node
-    runner: Servable | None = None  # instance 0: the model's metadata
-    batcher: Batcher[Any, Any] | None = None
-    defaults: Thresholds = field(default_factory=Thresholds)
-
-    @property
-    def detector(self) -> YoloV8Detector | None:
-        return self.runner if isinstance(self.runner, YoloV8Detector) else None
-
-    @property
-    def tensor(self) -> TensorModel | None:
-        return self.runner if isinstance(self.runner, TensorModel) else None
-
-    def signature(self) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-        """Input and output tensors (Open Inference Protocol metadata); empty until loaded."""
-        if self.tensor is not None:
-            return self.tensor.inputs, self.tensor.outputs
-        if self.detector is not None:
-            return tensor_specs(self.detector.loaded.session)
-        return (), ()
-
-    def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "name": self.settings.name,
-            "kind": self.kind,
-            "version": self.version,
-            "digest": f"sha256:{self.digest}" if self.digest else "",
-            "state": self.state.value,
-            "provider": self.provider,
-            "source": self.source,
-        }
-        if self.rollout:
-            out["rollout"] = self.rollout
-        if self.validation_score is not None and self.validated_at is not None:
-            out["validation"] = {
-                "score": self.validation_score,
-                "age_s": round(time.monotonic() - self.validated_at, 3),
-            }
-        if self.detector is not None:
-            spec = self.detector.spec
-            out["input"] = {
-                "height": spec.input_h,
-                "width": spec.input_w,
-                "batch": spec.fixed_batch or "dynamic",
-            }
-            out["classes"] = [spec.names[i] for i in range(spec.num_classes)]
-        if self.tensor is not None:
-            out["inputs"] = [t.as_dict() for t in self.tensor.inputs]
-            out["outputs"] = [t.as_dict() for t in self.tensor.outputs]
-            if self.tensor.labels:
-                out["labels"] = self.tensor.labels
-        if self.batcher is not None:
-            out["queue_depth"] = self.batcher.depth
-            out["max_batch"] = self.batcher.max_batch
-        if self.error:
-            out["error"] = self.error
-        return out
-
-
 @dataclass(frozen=True)
 class InferResult:
-    model: ServedModel
+    record: VersionRecord  # the version that computed it
     outputs: dict[str, np.ndarray]
     timing_s: dict[str, float]
 
 
 @dataclass(frozen=True)
 class DetectResult:
-    model: ServedModel
+    record: VersionRecord  # the version that computed it
     width: int
     height: int
     detections: list[Detection]
@@ -146,45 +67,46 @@ class ModelService:
         self._pre_pool = pre_pool
         self._on_queue_depth = on_queue_depth
         self.clean_shutdown = True
-        self.models: dict[str, ServedModel] = {
-            m.name: ServedModel(
-                m, kind=m.kind, source=m.source, defaults=Thresholds(m.conf, m.iou, m.max_det)
-            )
-            for m in settings.models
-        }
+        self.models: dict[str, Model] = {m.name: Model(m) for m in settings.models}
+        self._first: dict[str, VersionSpec] = {}  # what to load first, where not the settings'
 
     # -- lifecycle -------------------------------------------------------------------------
+    def start_from(self, name: str, spec: VersionSpec) -> None:
+        """Load ``spec`` first instead of the settings' version (the cache's last-known-good)."""
+        self._first[name] = spec
+
     async def load_all(self) -> None:
         """Load, warm up and start batching every model, one after another."""
-        for served in self.models.values():
-            await self._load(served)
+        for model in self.models.values():
+            await self._load(model)
 
-    async def _load(self, served: ServedModel) -> None:
-        cfg = served.settings
-        served.state = ModelState.LOADING
+    async def _load(self, model: Model) -> None:
+        cfg = model.settings
+        model.state = LoadState.LOADING
         started = time.monotonic()
-        log.info("loading model", extra={"model": cfg.name, "path": str(cfg.path)})
 
         def warming() -> None:
-            served.state = ModelState.WARMING
+            model.state = LoadState.WARMING
 
         try:
+            spec = self._first.get(cfg.name) or spec_from_settings(cfg)
+            log.info("loading model", extra={"model": cfg.name, "path": str(spec.path)})
             loaded = await load_version(
-                self.settings, cfg, cfg.path, cfg.sha256, self.depth_observer(cfg.name), warming
+                self.settings, cfg, spec, self.depth_observer(cfg.name), warming
             )
         except Exception as exc:  # any failure to load or warm up: this model is failed, not us
-            what = "warm-up failed" if served.state is ModelState.WARMING else "load failed"
-            served.state = ModelState.FAILED
-            served.error = getattr(exc, "message", None) or f"{what}: {exc}"
-            log.error("model failed to load", extra={"model": cfg.name, "error": served.error})
+            what = "warm-up failed" if model.state is LoadState.WARMING else "load failed"
+            model.state = LoadState.FAILED
+            model.error = getattr(exc, "message", None) or f"{what}: {exc}"
+            log.error("model failed to load", extra={"model": cfg.name, "error": model.error})
             return
-        self.install(served, loaded, cfg.version or loaded.digest[:12])
+        record = self.publish(loaded.record(cfg, spec))
         log.info(
             "model ready",
             extra={
                 "model": cfg.name,
-                "version": served.version,
-                "provider": served.provider,
+                "version": record.version,
+                "provider": record.provider,
                 "instances": loaded.instances,
                 "max_batch": loaded.batcher.max_batch,
                 "load_s": round(time.monotonic() - started, 3),
@@ -194,104 +116,104 @@ class ModelService:
     def depth_observer(self, name: str) -> Callable[[int], None] | None:
         return functools.partial(self._on_queue_depth, name) if self._on_queue_depth else None
 
-    def install(self, served: ServedModel, loaded: LoadedVersion, version: str) -> None:
-        """Make ``loaded`` the version that answers: one synchronous step on the event loop, so
-        a request sees either the old version or the new one, never a mix or a gap."""
-        served.digest = loaded.digest
-        served.kind = loaded.kind
-        served.version = version
-        served.runner = loaded.runner
-        served.provider = loaded.runner.provider
-        served.batcher = loaded.batcher
-        served.error = None
-        served.state = ModelState.READY
+    def publish(self, record: VersionRecord) -> VersionRecord:
+        """Make ``record`` the version that answers: one assignment on the event loop, so a
+        request is admitted to either the old record or the new one, never a mix or a gap."""
+        model = self.models[record.model]
+        model.active = record
+        model.error = None
+        model.state = LoadState.READY
+        return record
+
+    def revise(self, record: VersionRecord, **changes: Any) -> VersionRecord | None:
+        """Publish a copy of ``record`` with ``changes`` (rollout, source, score) if it is
+        still the active one; None if another version replaced it meanwhile."""
+        if self.models[record.model].active is not record:
+            return None
+        return self.publish(dataclasses.replace(record, **changes))
+
+    def active(self) -> list[VersionRecord]:
+        return [m.active for m in self.models.values() if m.active is not None]
 
     async def close(self, timeout: float) -> None:
         """Drain every model's queue; ``clean_shutdown`` says whether all runs finished."""
-        results = await asyncio.gather(
-            *(m.batcher.close(timeout) for m in self.models.values() if m.batcher is not None)
-        )
+        results = await asyncio.gather(*(r.batcher.close(timeout) for r in self.active()))
         self.clean_shutdown = all(results)
 
     # -- readiness -------------------------------------------------------------------------
     def ready(self) -> bool:
-        return all(m.state is ModelState.READY for m in self.models.values())
+        return all(m.state is LoadState.READY for m in self.models.values())
 
     def failed(self) -> list[str]:
         """Models with no version serving because loading failed."""
-        return [n for n, m in self.models.items() if m.state is ModelState.FAILED]
+        return [n for n, m in self.models.items() if m.state is LoadState.FAILED]
 
     def not_ready(self) -> dict[str, str]:
-        return {n: m.state.value for n, m in self.models.items() if m.state is not ModelState.READY}
+        return {n: m.state.value for n, m in self.models.items() if m.state is not LoadState.READY}
 
     def silent_models(self, max_silence_s: float) -> dict[str, float]:
         """Ready models whose last batch came back more than ``max_silence_s`` ago."""
         now = time.monotonic()
-        out = {}
-        for name, m in self.models.items():
-            if m.batcher is not None and now - m.batcher.last_completed_at > max_silence_s:
-                out[name] = now - m.batcher.last_completed_at
-        return out
+        silent = {r.model: now - r.batcher.last_completed_at for r in self.active()}
+        return {name: s for name, s in silent.items() if s > max_silence_s}
 
     async def self_test(self, name: str) -> bool:
         """One synthetic input through the model's queue and thread, like a request.
 
         False when the queue is full (real batches are proof enough) or draining."""
-        served = self.get(name)
-        if served.batcher is None or served.runner is None:
+        record = self.get(name).active
+        if record is None:
             return False
         try:
-            slot = served.batcher.reserve()
+            slot = record.batcher.reserve()
         except (QueueFullError, DrainingError):
             return False
         try:
-            await served.batcher.submit(slot, served.runner.sample_input())
+            await record.batcher.submit(slot, record.runner.sample_input())
         finally:
             slot.release()
         return True
 
     def longest_run_s(self) -> float:
         now = time.monotonic()
-        return max(
-            (m.batcher.longest_run_s(now) for m in self.models.values() if m.batcher is not None),
-            default=0.0,
-        )
+        return max((r.batcher.longest_run_s(now) for r in self.active()), default=0.0)
 
     # -- requests --------------------------------------------------------------------------
-    def get(self, name: str) -> ServedModel:
-        served = self.models.get(name)
-        if served is None:
+    def get(self, name: str) -> Model:
+        model = self.models.get(name)
+        if model is None:
             raise ModelNotFoundError(f"no model named {name!r}", {"models": sorted(self.models)})
-        return served
+        return model
 
-    def check_admission(self, name: str, kind: str | None = None) -> ServedModel:
-        """Fail fast — before the body is read — when the request cannot be served."""
-        served = self.get(name)
-        if served.batcher is None and served.state is ModelState.FAILED:
+    def admit(self, name: str, kind: str, version: str | None = None) -> VersionRecord:
+        """The record a request of ``kind`` (for ``version``, if it names one) will be served
+        by, checked once, before the body is read: fails fast when it cannot be served."""
+        model = self.get(name)
+        record = model.active
+        check_version(model, record, version)
+        if record is None and model.state is LoadState.FAILED:
             # Its kind may never have been known: say what is wrong, not which endpoint to use.
             raise ModelNotReadyError(
-                f"model {name!r} failed to load: {served.error}",
-                {"state": served.state.value, "error": served.error},
+                f"model {name!r} failed to load: {model.error}",
+                {"state": model.state.value, "error": model.error},
             )
-        if kind is not None and served.kind not in (kind, AUTO):
-            endpoint = "detect" if served.kind == "yolov8" else "infer"
-            version = "v1" if endpoint == "detect" else "v2"
+        if model.kind not in (kind, AUTO):
+            endpoint = kind_adapters()[model.kind].endpoint
             raise BadRequestError(
-                f"model {name!r} is a {served.kind} model: "
-                f"use POST /{version}/models/{name}/{endpoint}",
-                {"kind": served.kind},
+                f"model {name!r} is a {model.kind} model: use {endpoint.format(name=name)}",
+                {"kind": model.kind},
             )
-        if served.batcher is None:
+        if record is None:
             raise ModelNotReadyError(
-                f"model {name!r} is {served.state.value}",
-                {"state": served.state.value, "error": served.error},
+                f"model {name!r} is {model.state.value}",
+                {"state": model.state.value, "error": model.error},
             )
-        served.batcher.check_room()
-        return served
+        record.batcher.check_room()
+        return record
 
     async def detect(
         self,
-        name: str,
+        record: VersionRecord,
         image: bytes,
         *,
         conf: float | None = None,
@@ -300,18 +222,17 @@ class ModelService:
         deadline_s: float | None = None,
         received_at: float | None = None,
     ) -> DetectResult:
+        """One image through ``record``'s version (admitted for "yolov8")."""
         received_at = time.monotonic() if received_at is None else received_at
-        served = self.check_admission(name, "yolov8")
-        assert served.batcher is not None
-        assert served.detector is not None
-        d = served.defaults
+        detector = cast(YoloV8Detector, record.runner)
+        d = record.defaults
         thresholds = Thresholds(
             d.conf if conf is None else conf,
             d.iou if iou is None else iou,
             d.max_det if max_det is None else max_det,
         )
-        deadline = self._deadline(served, received_at, deadline_s)
-        detector, batcher = served.detector, served.batcher
+        deadline = self._deadline(record, received_at, deadline_s)
+        batcher = record.batcher
         loop = asyncio.get_running_loop()
         slot = batcher.reserve()
         try:
@@ -329,7 +250,7 @@ class ModelService:
         finally:
             slot.release()
         return DetectResult(
-            served,
+            record,
             prepared.width,
             prepared.height,
             detections,
@@ -344,33 +265,65 @@ class ModelService:
 
     async def infer(
         self,
-        name: str,
+        record: VersionRecord,
         inputs: dict[str, np.ndarray],
         *,
         deadline_s: float | None = None,
         received_at: float | None = None,
     ) -> InferResult:
-        """One Open Inference Protocol request through the model's batching queue."""
+        """One Open Inference Protocol request through ``record``'s queue (admitted for
+        "tensor")."""
         received_at = time.monotonic() if received_at is None else received_at
-        served = self.check_admission(name, "tensor")
-        assert served.batcher is not None
-        assert served.tensor is not None
-        tensors = served.tensor.validate(inputs)
-        deadline = self._deadline(served, received_at, deadline_s)
-        slot = served.batcher.reserve()
+        tensors = cast(TensorModel, record.runner).validate(inputs)
+        deadline = self._deadline(record, received_at, deadline_s)
+        slot = record.batcher.reserve()
         try:
-            outputs, run = await served.batcher.submit(slot, tensors, deadline)
+            outputs, run = await record.batcher.submit(slot, tensors, deadline)
         finally:
             slot.release()
-        return InferResult(served, outputs, _timing(run, received_at))
+        return InferResult(record, outputs, _timing(run, received_at))
+
+    async def score(self, record: VersionRecord, bundle: Bundle, queued: bool = True) -> float:
+        """``record``'s golden-set score. ``queued``: every item through its queue like a
+        request (a live version: traffic interleaves, the whole pipeline is proven); else
+        straight on its runner in a worker thread (a candidate, or a version scored for a
+        gate: never refused by the queue's admission under load)."""
+        runner = record.runner
+
+        async def detect(image: bytes, thresholds: Thresholds) -> list[Detection]:
+            if not queued:
+                return await asyncio.to_thread(
+                    cast(YoloV8Detector, runner).detect, image, thresholds
+                )
+            result = await self.detect(record, image, conf=thresholds.conf, iou=thresholds.iou)
+            return result.detections
+
+        async def infer(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            if not queued:
+                tensor = cast(TensorModel, runner)
+                (outputs,) = await asyncio.to_thread(tensor.infer, [tensor.validate(inputs)])
+                return outputs
+            return (await self.infer(record, inputs)).outputs
+
+        return await record.kind.score(record, bundle, detect, infer)
 
     def _deadline(
-        self, served: ServedModel, received_at: float, deadline_s: float | None
+        self, record: VersionRecord, received_at: float, deadline_s: float | None
     ) -> float | None:
-        batching = self.settings.batching_for(served.settings)
+        batching = self.settings.batching_for(self.models[record.model].settings)
         if deadline_s is None and batching.deadline_ms > 0:
             deadline_s = batching.deadline_ms / 1000
         return received_at + deadline_s if deadline_s else None
+
+
+def check_version(model: Model, record: VersionRecord | None, version: str | None) -> None:
+    """A request that names a version (``/v2/models/{name}/versions/{version}/...``) is for
+    the one that serves, or 404."""
+    if version is not None and (record is None or version != record.version):
+        raise ModelNotFoundError(
+            f"model {model.name!r} has no version {version!r}",
+            {"versions": [record.version] if record is not None else []},
+        )
 
 
 def _timing(run: RunTiming, received_at: float) -> dict[str, float]:

@@ -1,28 +1,23 @@
-"""One typed settings object: defaults < YAML file < ``EDGE_AGENT_*`` environment < CLI flags.
+"""The settings' schema: one typed object, its defaults and its validation.
 
-Loaded once at start-up and passed down. An unknown key or a bad value stops start-up with a
-message naming the key (``SettingsError``), never a traceback from deep inside the daemon.
+Loaded once at start-up (:mod:`agent.settings_loader`: file, environment, flags) and passed
+down. An unknown key or a bad value stops start-up with a message naming the key
+(``SettingsError``), never a traceback from deep inside the daemon. Validation reads nothing
+from disk: a bundled model's sidecar is read when it loads.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import socket
-import types
-import typing
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from agent.config_file import SettingsError, read_config_file
-from inference.bundled import BUNDLE_ROOT, BUNDLED_NAMES, read_bundle
-from inference.errors import EdgeError
+from agent.config_file import SettingsError
+from inference.bundled import BUNDLED_NAMES
 from inference.kinds import AUTO, model_kinds
 
-ENV_PREFIX = "EDGE_AGENT_"
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -66,17 +61,20 @@ class ModelSettings:
     name: str = ""
     path: Path = Path()
     # A model shipped in the package ("defects", "fusion") instead of a path: its file, kind,
-    # version, digest and class names come from the bundle's sidecar.
+    # version, digest, labels and thresholds come from the bundle's sidecar when it loads.
     bundled: str = ""
     # "yolov8" (POST /v1/.../detect), "tensor" (POST /v2/.../infer), or "auto": told from the
     # graph when it loads (one 3-channel NCHW input and a [batch, rows, anchors] output: yolov8)
     kind: str = AUTO
     version: str = ""  # empty: the first 12 hex digits of the file's sha256
     sha256: str = ""  # when set, a file with another digest is refused as corrupt
-    conf: float = 0.25
-    iou: float = 0.7
-    max_det: int = 300
-    names: list[str] = field(default_factory=list)  # overrides the ONNX metadata's names
+    # None: the version's own (its sidecar's thresholds), else 0.25 / 0.7 / 300. Set here,
+    # they override every version's, the ones a fleet manifest brings in too.
+    conf: float | None = None
+    iou: float | None = None
+    max_det: int | None = None
+    # Overrides every version's class names (the sidecar's, else the ONNX metadata's).
+    names: list[str] = field(default_factory=list)
     batching: BatchingSettings | None = None  # None: the top-level batching settings
 
     def validate(self, where: str) -> None:
@@ -85,9 +83,16 @@ class ModelSettings:
             f"{where}.name",
             "must be 1-64 letters, digits, '_', '.', '-' starting with a letter or digit",
         )
+        has_path = str(self.path) not in ("", ".")
         if self.bundled:
-            self._resolve_bundled(where)
-        _check(str(self.path) not in ("", "."), f"{where}.path", "or bundled is required")
+            _check(
+                self.bundled in BUNDLED_NAMES,
+                f"{where}.bundled",
+                f"must be one of {list(BUNDLED_NAMES)}",
+            )
+            _check(not has_path, f"{where}.path", "cannot be set with bundled")
+        else:
+            _check(has_path, f"{where}.path", "or bundled is required")
         kinds = [AUTO, *sorted(model_kinds())]
         _check(self.kind in kinds, f"{where}.kind", f"must be one of {kinds}")
         _check(
@@ -95,33 +100,15 @@ class ModelSettings:
             f"{where}.sha256",
             "must be 64 lowercase hex digits",
         )
-        _check(0 <= self.conf <= 1, f"{where}.conf", "must be in [0, 1]")
-        _check(0 <= self.iou <= 1, f"{where}.iou", "must be in [0, 1]")
-        _check(1 <= self.max_det <= 10000, f"{where}.max_det", "must be in 1..10000")
+        _check(self.conf is None or 0 <= self.conf <= 1, f"{where}.conf", "must be in [0, 1]")
+        _check(self.iou is None or 0 <= self.iou <= 1, f"{where}.iou", "must be in [0, 1]")
+        _check(
+            self.max_det is None or 1 <= self.max_det <= 10000,
+            f"{where}.max_det",
+            "must be in 1..10000",
+        )
         if self.batching is not None:
             self.batching.validate(f"{where}.batching")
-
-    def _resolve_bundled(self, where: str) -> None:
-        _check(
-            self.bundled in BUNDLED_NAMES,
-            f"{where}.bundled",
-            f"must be one of {list(BUNDLED_NAMES)}",
-        )
-        try:
-            bundle = read_bundle(BUNDLE_ROOT / self.bundled)
-        except EdgeError as exc:
-            raise SettingsError(f"{where}.bundled: {exc.message}") from exc
-        _check(
-            str(self.path) in ("", ".", str(bundle.model_path)),
-            f"{where}.path",
-            "cannot be set with bundled",
-        )
-        self.path = bundle.model_path
-        self.kind = bundle.kind
-        self.version = self.version or bundle.version
-        self.sha256 = bundle.sha256
-        if not self.names and bundle.kind == "yolov8":
-            self.names = [str(n) for n in bundle.sidecar.get("labels", [])]
 
     @property
     def source(self) -> str:
@@ -355,155 +342,8 @@ def default_state_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "edge-agent"
 
 
-def load_settings(
-    config_file: Path | None = None,
-    environ: Mapping[str, str] | None = None,
-    overrides: Mapping[str, Any] | None = None,
-) -> Settings:
-    """Merge the layers and build a validated :class:`Settings`.
-
-    ``overrides`` are CLI flags as dotted keys (``{"port": 9000, "batching.max_batch": 1}``);
-    ``models`` may also be given as ``NAME=PATH`` strings in the environment and on the CLI.
-    """
-    environ = os.environ if environ is None else environ
-    data: dict[str, Any] = {}
-    config_file = config_file or _path_or_none(environ.get(ENV_PREFIX + "CONFIG"))
-    if config_file is not None:
-        data = read_config_file(config_file)
-    for key, value in _env_layer(environ).items():
-        _set_dotted(data, key, value)
-    for key, value in (overrides or {}).items():
-        _set_dotted(data, key, value)
-    settings: Settings = _build(Settings, data, "")
-    if not settings.models:
-        settings.models = bundled_model_settings()
-    return settings.validate()
-
-
-def parse_model_spec(spec: str, where: str = "models") -> dict[str, Any]:
-    """``NAME=PATH`` -> ``{"name": NAME, "path": PATH}``."""
-    name, sep, path = spec.partition("=")
-    if not sep or not name or not path:
-        raise SettingsError(f"{where}: expected NAME=PATH.onnx, got {spec!r}")
-    return {"name": name.strip(), "path": path.strip()}
-
-
-def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
-    """``EDGE_AGENT_BATCHING__MAX_BATCH=2`` -> ``{"batching.max_batch": "2"}``."""
-    out: dict[str, Any] = {}
-    for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
-            continue
-        key = name[len(ENV_PREFIX) :].lower().replace("__", ".")
-        if key == "models":
-            out[key] = [parse_model_spec(s, name) for s in value.split(",") if s.strip()]
-        else:
-            out[key] = _EnvValue(value, name)
-    return out
-
-
-@dataclass(frozen=True)
-class _EnvValue:
-    """A string from the environment: converted to the field's type, errors name the variable."""
-
-    text: str
-    origin: str
-
-
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = data
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise SettingsError(f"{key}: {part} is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise SettingsError(f"{where or 'settings'}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        key = f"{where}.{unknown[0]}" if where else unknown[0]
-        origin = data[unknown[0]]
-        via = f" (from {origin.origin})" if isinstance(origin, _EnvValue) else ""
-        raise SettingsError(f"unknown setting {key!r}{via}; known: {sorted(fields)}")
-    kwargs = {}
-    for name, value in data.items():
-        key = f"{where}.{name}" if where else name
-        kwargs[name] = _convert(hints[name], value, key)
-    return cls(**kwargs)
-
-
-def _convert(tp: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _convert(args[0], value, key)
-    env = value if isinstance(value, _EnvValue) else None
-    raw = env.text if env else value
-    via = f" (from {env.origin})" if env else ""
-    try:
-        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-            if env:
-                raise SettingsError(f"{key}{via}: a section cannot be set from one variable")
-            return _build(tp, raw, key)
-        if origin is list:
-            (item,) = typing.get_args(tp)
-            if env:
-                raw = [s.strip() for s in raw.split(",") if s.strip()]
-            if not isinstance(raw, list):
-                raise SettingsError(f"{key}: expected a list, got {type(raw).__name__}")
-            if key == "models":
-                raw = [parse_model_spec(r, key) if isinstance(r, str) else r for r in raw]
-            return [_convert(item, v, f"{key}[{i}]") for i, v in enumerate(raw)]
-        if tp is bool:
-            return _to_bool(raw)
-        if tp is int:
-            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-                raise ValueError(raw)
-            return int(raw)
-        if tp is float:
-            if isinstance(raw, bool):
-                raise ValueError(raw)
-            return float(raw)
-        if tp is Path:
-            if not isinstance(raw, (str, Path)):
-                raise ValueError(raw)
-            return Path(raw).expanduser()
-        if tp is str:
-            if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
-                raise ValueError(raw)
-            return str(raw)
-    except SettingsError:
-        raise
-    except (TypeError, ValueError) as exc:
-        name = getattr(tp, "__name__", str(tp))
-        raise SettingsError(f"{key}{via}: expected {name}, got {raw!r}") from exc
-    raise SettingsError(f"{key}: unsupported setting type {tp}")
-
-
-def _to_bool(raw: Any) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    text = str(raw).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(raw)
-
-
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise SettingsError(f"{key}: {message}")
 
 
-def _path_or_none(value: str | None) -> Path | None:
-    return Path(value) if value else None

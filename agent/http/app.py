@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from agent.golden_scoring import score_all
 from agent.health import Liveness, LoopMonitor
 from agent.http import admin, handlers, keys, metrics, v2
 from agent.http.body import check_headers, check_length, expect_handler
@@ -23,7 +24,6 @@ from agent.models.cache import ModelCache
 from agent.models.wiring import build_syncer, sync_after, use_last_known_good
 from agent.service import ModelService
 from agent.settings import Settings
-from agent.validation import validate_all
 from agent.watchdog.hardware import HardwareWatchdog
 from agent.watchdog.selftest import SelfTests
 from agent.watchdog.supervisor import State, Supervisor, systemd_watchdog_period
@@ -36,12 +36,17 @@ def create_app(settings: Settings, *, handle_signals: bool = False) -> web.Appli
     app = web.Application(middlewares=[metrics.metrics_middleware, error_middleware])
     app[keys.SETTINGS] = settings
     app[keys.LIFECYCLE] = Lifecycle()
-    app.cleanup_ctx.append(_pre_pool_ctx)
+    app.cleanup_ctx.append(_prepost_pool_ctx)
     app.cleanup_ctx.append(_loop_monitor_ctx)
     app.cleanup_ctx.append(_metrics_ctx)
     # Before the service: cleaned up after it, so the watchdogs are fed through the drain.
     app.cleanup_ctx.append(_supervisor_ctx)
+    # One entry per resource; cleaned up in reverse: the tasks stop before the service drains.
     app.cleanup_ctx.append(_service_ctx)
+    app.cleanup_ctx.append(_loading_ctx)
+    app.cleanup_ctx.append(_client_session_ctx)
+    app.cleanup_ctx.append(_sync_ctx)
+    app.cleanup_ctx.append(_rescoring_ctx)
     app.cleanup_ctx.append(_self_tests_ctx)
     if handle_signals:
         app.cleanup_ctx.append(signal_ctx(app[keys.LIFECYCLE], settings.drain_grace_s))
@@ -66,7 +71,7 @@ def create_app(settings: Settings, *, handle_signals: bool = False) -> web.Appli
     return app
 
 
-async def _pre_pool_ctx(app: web.Application) -> AsyncIterator[None]:
+async def _prepost_pool_ctx(app: web.Application) -> AsyncIterator[None]:
     runtime = app[keys.SETTINGS].runtime
     pool = ThreadPoolExecutor(
         runtime.preprocess_threads or usable_cores(),
@@ -74,7 +79,7 @@ async def _pre_pool_ctx(app: web.Application) -> AsyncIterator[None]:
         initializer=lower_thread_priority,
         initargs=(runtime.worker_nice,),
     )
-    app[keys.PRE_POOL] = pool
+    app[keys.PREPOST_POOL] = pool
     yield
     pool.shutdown(wait=True, cancel_futures=True)
 
@@ -142,63 +147,91 @@ async def _self_tests_ctx(app: web.Application) -> AsyncIterator[None]:
     await tests.stop()
 
 
-async def _load_and_validate(service: ModelService) -> None:
-    await service.load_all()
-    if service.settings.validate_golden:
-        await validate_all(service)
-
-
-async def _revalidate(service: ModelService, interval_s: float) -> None:
-    """Re-score the models on their golden sets now and then, when they are idle."""
-    while True:
-        await asyncio.sleep(interval_s)
-        await validate_all(service, idle_only=True)
-
-
 async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     service = ModelService(
-        settings, app[keys.PRE_POOL], on_queue_depth=app[keys.RECORDER].observe_queue
+        settings, app[keys.PREPOST_POOL], on_queue_depth=app[keys.RECORDER].observe_queue
     )
+    if settings.lifecycle.manifest:
+        await asyncio.to_thread(use_last_known_good, service, ModelCache(settings.state_dir))
     app[keys.SERVICE] = service
-    syncing: asyncio.Task[None] | None = None
-    session: aiohttp.ClientSession | None = None
-    if settings.lifecycle.manifest:
-        cache = ModelCache(settings.state_dir)
-        await asyncio.to_thread(use_last_known_good, service, cache)
-    # Load in the background: the port answers at once and /health says what it waits for.
-    loading = asyncio.create_task(_load_and_validate(service), name="load-models")
-    if settings.lifecycle.manifest:
-        session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                sock_connect=settings.lifecycle.stall_timeout_s,
-                sock_read=settings.lifecycle.stall_timeout_s,
-            )
-        )
-        syncer = build_syncer(service, cache, session)
-        app[keys.SYNCER] = syncer
-        syncing = asyncio.create_task(
-            sync_after(
-                asyncio.shield(loading),
-                syncer,
-                settings.lifecycle.poll_interval_s,
-                settings.lifecycle.watch_interval_s,
-            ),
-            name="model-sync",
-        )
-    revalidating = None
-    if settings.validate_golden and settings.revalidate_interval_s > 0:
-        revalidating = asyncio.create_task(
-            _revalidate(service, settings.revalidate_interval_s), name="revalidate"
-        )
     yield
     app[keys.LIFECYCLE].begin_drain("shutdown")
-    for task in (revalidating, syncing, loading):
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    if session is not None:
-        await session.close()
     await service.close(settings.drain_timeout_s)
+
+
+async def _load_and_score(service: ModelService) -> None:
+    await service.load_all()
+    if service.settings.validate_golden:
+        await score_all(service)
+
+
+async def _loading_ctx(app: web.Application) -> AsyncIterator[None]:
+    # In the background: the port answers at once and /health says what it waits for.
+    loading = asyncio.create_task(_load_and_score(app[keys.SERVICE]), name="load-models")
+    app[keys.LOADING] = loading
+    yield
+    await _cancel(loading)
+
+
+async def _client_session_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The HTTP client the model sync reaches registries and the manifest URL with."""
+    lifecycle = app[keys.SETTINGS].lifecycle
+    if not lifecycle.manifest:
+        yield
+        return
+    session = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(
+            total=None, sock_connect=lifecycle.stall_timeout_s, sock_read=lifecycle.stall_timeout_s
+        )
+    )
+    app[keys.CLIENT_SESSION] = session
+    yield
+    await session.close()
+
+
+async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    if not settings.lifecycle.manifest:
+        yield
+        return
+    syncer = build_syncer(
+        app[keys.SERVICE], ModelCache(settings.state_dir), app[keys.CLIENT_SESSION]
+    )
+    app[keys.SYNCER] = syncer
+    syncing = asyncio.create_task(
+        sync_after(
+            asyncio.shield(app[keys.LOADING]),
+            syncer,
+            settings.lifecycle.poll_interval_s,
+            settings.lifecycle.watch_interval_s,
+        ),
+        name="model-sync",
+    )
+    yield
+    await _cancel(syncing)
+
+
+async def _rescore(service: ModelService, interval_s: float) -> None:
+    """Re-score the models on their golden sets now and then, when they are idle."""
+    while True:
+        await asyncio.sleep(interval_s)
+        await score_all(service, idle_only=True)
+
+
+async def _rescoring_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    if not (settings.validate_golden and settings.revalidate_interval_s > 0):
+        yield
+        return
+    rescoring = asyncio.create_task(
+        _rescore(app[keys.SERVICE], settings.revalidate_interval_s), name="rescore"
+    )
+    yield
+    await _cancel(rescoring)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -37,10 +37,11 @@ async def detect(request: web.Request) -> web.Response:
         raise DrainingError("shutting down")
     limits = settings.limits
     check_headers(request, limits.max_body_bytes)
-    service.check_admission(name, "yolov8")
+    # Admitted once: the answer names the version that computed it, whatever swaps meanwhile.
+    record = service.admit(name, "yolov8")
     image = await read_image(request, limits.max_body_bytes, limits.body_timeout_s)
     result = await service.detect(
-        name,
+        record,
         image,
         conf=conf,
         iou=iou,
@@ -64,8 +65,8 @@ async def detect(request: web.Request) -> web.Response:
 
 def _detect_body(result: DetectResult) -> dict[str, object]:
     return {
-        "model": result.model.settings.name,
-        "version": result.model.version,
+        "model": result.record.model,
+        "version": result.record.version,
         "image": {"width": result.width, "height": result.height},
         "detections": [d.as_dict() for d in result.detections],
         "timing_ms": {k: round(v * 1000, 3) for k, v in result.timing_s.items()},

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
+import aiohttp
 from aiohttp import web
 
 from agent.health import LoopMonitor
@@ -16,13 +18,16 @@ from agent.settings import Settings
 from agent.watchdog.supervisor import Supervisor
 
 SETTINGS = web.AppKey("settings", Settings)
-PRE_POOL = web.AppKey("pre_pool", ThreadPoolExecutor)
+# Decoding, letterboxing and NMS of frames, and parsing large OIP bodies: off the event loop.
+PREPOST_POOL = web.AppKey("prepost_pool", ThreadPoolExecutor)
 SERVICE = web.AppKey("service", ModelService)
 LOOP_MONITOR = web.AppKey("loop_monitor", LoopMonitor)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 RECORDER = web.AppKey("recorder", Recorder)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 SYNCER = web.AppKey("syncer", Syncer)
+LOADING = web.AppKey("loading", asyncio.Task[None])  # loading, then scoring, the models
+CLIENT_SESSION = web.AppKey("client_session", aiohttp.ClientSession)
 ACCELERATORS = web.AppKey("accelerators", list[AcceleratorProbe])
 
 # Per request, for the metrics middleware: set by the model handlers and the error middleware.

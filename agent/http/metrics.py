@@ -10,7 +10,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from agent.http import keys
 from agent.http.errors import Handler
 from agent.metrics.accelerators import read_all
-from agent.metrics.exposition import ModelState, Snapshot, render_full, render_summary
+from agent.metrics.exposition import ModelSnapshot, Snapshot, render_full, render_summary
+from agent.records import VersionRecord
 
 
 @web.middleware
@@ -29,20 +30,23 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     return response
 
 
+def _model_snapshot(name: str, record: VersionRecord | None) -> ModelSnapshot:
+    if record is None:  # not loaded (yet): no version to name
+        return ModelSnapshot(name, "", "", "", 0, None)
+    return ModelSnapshot(
+        name=name,
+        version=record.version,
+        digest=f"sha256:{record.digest}",
+        provider=record.provider,
+        queue_depth=record.batcher.depth,
+        validation_score=record.score,
+        rollout=record.rollout,
+    )
+
+
 async def _snapshot(app: web.Application) -> Snapshot:
     service, lifecycle = app[keys.SERVICE], app[keys.LIFECYCLE]
-    models = [
-        ModelState(
-            name=name,
-            version=m.version,
-            digest=f"sha256:{m.digest}" if m.digest else "",
-            provider=m.provider,
-            queue_depth=m.batcher.depth if m.batcher is not None else 0,
-            validation_score=m.validation_score,
-            rollout=m.rollout,
-        )
-        for name, m in service.models.items()
-    ]
+    models = [_model_snapshot(name, m.active) for name, m in service.models.items()]
     probes = app[keys.ACCELERATORS]
     # NVML calls are quick but are system calls into a driver: off the event loop.
     readings = await asyncio.to_thread(read_all, probes) if probes else []

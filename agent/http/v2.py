@@ -8,7 +8,7 @@ import time
 from aiohttp import web
 
 from agent import __version__
-from agent.errors import DrainingError, ModelNotFoundError
+from agent.errors import DrainingError
 from agent.http import keys
 from agent.http.body import check_length, read_body
 from agent.http.handlers import camera_id, deadline_from
@@ -18,9 +18,9 @@ from agent.http.oip import (
     parse_infer_request,
     select_outputs,
 )
-from agent.service import ServedModel
+from agent.records import Model, VersionRecord
+from agent.service import check_version
 from agent.strict_json import json_response
-from inference.tensor import TensorSpec
 
 EXTENSIONS = ["binary_tensor_data"]
 
@@ -31,26 +31,22 @@ async def server_metadata(request: web.Request) -> web.Response:
     )
 
 
-def _served(request: web.Request) -> ServedModel:
-    served = request.app[keys.SERVICE].get(request.match_info["name"])
-    version = request.match_info.get("version")
-    if version is not None and version != served.version:
-        raise ModelNotFoundError(
-            f"model {served.settings.name!r} has no version {version!r}",
-            {"versions": [served.version] if served.version else []},
-        )
-    return served
+def _model(request: web.Request) -> tuple[Model, VersionRecord | None]:
+    model = request.app[keys.SERVICE].get(request.match_info["name"])
+    record = model.active  # taken once: everything below describes this one version
+    check_version(model, record, request.match_info.get("version"))
+    return model, record
 
 
 async def model_metadata(request: web.Request) -> web.Response:
-    served = _served(request)
-    inputs, outputs = served.signature()
-    parameters: dict[str, object] = {"kind": served.kind, "state": served.state.value}
-    if served.tensor is not None and served.tensor.labels:
-        parameters["labels"] = served.tensor.labels
+    model, record = _model(request)
+    inputs, outputs = record.signature() if record is not None else ((), ())
+    parameters: dict[str, object] = {"kind": model.kind, "state": model.state.value}
+    if record is not None and record.labels:
+        parameters["labels"] = list(record.labels)
     body: dict[str, object] = {
-        "name": served.settings.name,
-        "versions": [served.version] if served.version else [],
+        "name": model.name,
+        "versions": [record.version] if record is not None else [],
         "platform": "onnxruntime_onnx",
         "inputs": [t.as_dict() for t in inputs],
         "outputs": [t.as_dict() for t in outputs],
@@ -60,11 +56,9 @@ async def model_metadata(request: web.Request) -> web.Response:
 
 
 async def model_ready(request: web.Request) -> web.Response:
-    served = _served(request)
-    ready = served.batcher is not None and not request.app[keys.LIFECYCLE].draining
-    return json_response(
-        {"name": served.settings.name, "ready": ready}, status=200 if ready else 503
-    )
+    model, record = _model(request)
+    ready = record is not None and not request.app[keys.LIFECYCLE].draining
+    return json_response({"name": model.name, "ready": ready}, status=200 if ready else 503)
 
 
 async def infer(request: web.Request) -> web.Response:
@@ -73,30 +67,28 @@ async def infer(request: web.Request) -> web.Response:
     settings, service = app[keys.SETTINGS], app[keys.SERVICE]
     if app[keys.LIFECYCLE].stopped:
         raise DrainingError("shutting down")
-    request[keys.MODEL] = request.match_info["name"]
+    name = request[keys.MODEL] = request.match_info["name"]
     request[keys.CAMERA] = camera_id(request)
-    served = _served(request)
-    name = served.settings.name
     deadline_s = deadline_from(request)
     check_length(request, settings.limits.max_body_bytes)
-    service.check_admission(name, "tensor")
+    # Admitted once: the answer names the version that computed it, whatever swaps meanwhile.
+    record = service.admit(name, "tensor", request.match_info.get("version"))
     body = await read_body(
         request, settings.limits.max_body_bytes, settings.limits.body_timeout_s
     )
     # A JSON body of megabytes takes a while to parse: not on the event loop.
     parsed = await asyncio.get_running_loop().run_in_executor(
-        app[keys.PRE_POOL], parse_infer_request, body, request.headers.get(HEADER_LENGTH)
+        app[keys.PREPOST_POOL], parse_infer_request, body, request.headers.get(HEADER_LENGTH)
     )
-    assert served.tensor is not None  # check_admission: a loaded tensor model
-    specs: tuple[TensorSpec, ...] = served.tensor.outputs
+    _, specs = record.signature()
     wanted = select_outputs(parsed, specs)
     result = await service.infer(
-        name, parsed.inputs, deadline_s=deadline_s, received_at=received_at
+        record, parsed.inputs, deadline_s=deadline_s, received_at=received_at
     )
     request[keys.TIMING] = result.timing_s
     timing = {f"{k}_ms": round(v * 1000, 3) for k, v in result.timing_s.items()}
     payload, header_length = encode_infer_response(
-        name, served.version, parsed.id, result.outputs, wanted, specs, timing
+        name, record.version, parsed.id, result.outputs, wanted, specs, timing
     )
     if header_length is None:
         return web.Response(body=payload, content_type="application/json")

@@ -28,8 +28,8 @@ QUANTILES = (0.5, 0.95, 0.99)
 
 
 @dataclass(frozen=True)
-class ModelState:
-    """What the exposition needs to know of a served model."""
+class ModelSnapshot:
+    """What the exposition needs to know of a served model (its active version)."""
 
     name: str
     version: str
@@ -43,7 +43,7 @@ class ModelState:
 @dataclass(frozen=True)
 class Snapshot:
     ready: bool
-    models: list[ModelState]
+    models: list[ModelSnapshot]
     accelerators: list[Reading]
     # Model sync (only with a fleet manifest): connected (None: not tried yet), last success.
     control_plane: tuple[bool | None, float | None] | None = None

@@ -10,6 +10,7 @@ reached leaves everything as it is and marks the control plane disconnected.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -17,10 +18,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from agent.loading import VersionSpec, spec_from_sidecar
 from agent.models.cache import CachedVersion, ModelCache, parse_digest
 from agent.models.manifest import ModelPlan, parse_manifest
 from agent.models.sources import Fetcher, Resolved, UnreachableError
-from agent.models.swap import Candidate, Gate, Swapper
+from agent.models.swap import Gate, Swapper
 from agent.service import ModelService
 from inference.errors import EdgeError
 
@@ -96,27 +98,24 @@ class Syncer:
     async def _apply(self, plan: ModelPlan) -> str:
         target, cohort = plan.choose(self._node)
         self.status.cohorts[plan.name] = cohort
-        served = self._service.get(plan.name)
         resolved: Resolved = await self._fetcher.resolve(target.source)
-        if parse_digest(resolved.digest) == served.digest:
-            served.source, served.rollout = target.source, cohort
-            return f"running {served.version} ({cohort})"
+        digest = parse_digest(resolved.digest)
+        running = self._service.get(plan.name).active
+        if running is not None and digest == running.digest:
+            self._service.revise(running, source=target.source, rollout=cohort)
+            return f"running {running.version} ({cohort})"
         path = await self._fetcher.fetch(resolved)
-        candidate = Candidate(
-            path=path,
-            sha256=parse_digest(resolved.digest),
+        spec = dataclasses.replace(
+            spec_from_sidecar(path, resolved.sidecar, target.source, sha256=digest),
             version=resolved.version,
-            kind=str(resolved.sidecar.get("kind", served.kind)),
-            source=target.source,
         )
-        score = await self._swapper.swap(plan.name, candidate, Gate(plan.min_score, plan.max_drop))
-        served.rollout = cohort
-        self._remember(plan.name, candidate, resolved)
-        return f"swapped to {candidate.version} ({cohort}, score {score})"
+        gate = Gate(plan.min_score, plan.max_drop)
+        score = await self._swapper.swap(plan.name, spec, gate, cohort)
+        self._remember(plan.name, spec, resolved)
+        return f"swapped to {spec.version} ({cohort}, score {score})"
 
-    def _remember(self, name: str, candidate: Candidate, resolved: Resolved) -> None:
-        version = CachedVersion(candidate.version, candidate.sha256, resolved.sidecar,
-                                candidate.source)
+    def _remember(self, name: str, spec: VersionSpec, resolved: Resolved) -> None:
+        version = CachedVersion(spec.version, spec.sha256, resolved.sidecar, spec.source)
         self._cache.collect_garbage(self._cache.remember(name, version, self._keep))
 
     async def run(self, interval_s: float, watch_s: float = 2.0) -> None:

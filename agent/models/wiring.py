@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aiohttp
 
+from agent.loading import spec_from_sidecar
 from agent.models.cache import ModelCache
 from agent.models.oci import OciSource
 from agent.models.sources import Fetcher, FileSource, HttpSource, RetryPolicy, Source, SourceError
@@ -26,14 +27,11 @@ def use_last_known_good(service: ModelService, cache: ModelCache) -> None:
     if removed:
         log.warning("removed partial or corrupt blobs from the cache", extra={"blobs": removed})
     for name, versions in cache.load_state().items():
-        served = service.models.get(name)
-        if served is None or not versions:
+        if name not in service.models or not versions:
             continue
         good = versions[0]
-        served.settings = dataclasses.replace(
-            served.settings, path=cache.path(good.model), sha256=good.model, version=good.version
-        )
-        served.source = good.source
+        spec = spec_from_sidecar(cache.path(good.model), good.sidecar, good.source, good.model)
+        service.start_from(name, dataclasses.replace(spec, version=good.version))
         log.info("starting from the cached last-known-good version",
                  extra={"model": name, "version": good.version})
 

@@ -43,9 +43,9 @@ class SelfTests:
 
     def kick(self) -> None:
         now = time.monotonic()
-        for name, served in self._service.models.items():
-            batcher = served.batcher
-            if batcher is None or now - batcher.last_completed_at < self._interval_s:
+        for record in self._service.active():
+            name = record.model
+            if now - record.batcher.last_completed_at < self._interval_s:
                 continue
             previous = self._in_flight.get(name)
             if previous is not None and not previous.done():

@@ -8,7 +8,7 @@ from lifecycle_helpers import FUSION, TOKEN, fusion_model, publish
 from support import TINY_MODEL
 
 from agent.http.app import create_app
-from agent.settings import load_settings
+from agent.settings_loader import load_settings
 
 
 def make_settings(tmp_path: Path, **overrides):

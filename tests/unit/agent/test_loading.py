@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 
 import pytest
 from support import TINY_MODEL
 
-from agent.loading import load_version
-from agent.settings import load_settings
+from agent.loading import VersionSpec, load_version, spec_from_settings, spec_from_sidecar
+from agent.settings_loader import load_settings
 from inference.session import file_digest
 
 
@@ -26,7 +27,8 @@ async def test_batches_are_padded_only_where_asked(mode: str, padded: int | None
         },
     )
     cfg = settings.models[0]
-    loaded = await load_version(settings, cfg, TINY_MODEL, file_digest(TINY_MODEL))
+    spec = VersionSpec(TINY_MODEL, "file", file_digest(TINY_MODEL))
+    loaded = await load_version(settings, cfg, spec)
     try:
         assert loaded.runners[0]._pad_to == padded  # auto: CPU padding would be wasted work
     finally:
@@ -40,7 +42,9 @@ async def test_inference_threads_run_below_the_event_loop() -> None:
                    "runtime.worker_nice": 4},
     )
     base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    loaded = await load_version(settings, settings.models[0], TINY_MODEL, file_digest(TINY_MODEL))
+    loaded = await load_version(
+        settings, settings.models[0], VersionSpec(TINY_MODEL, "file", file_digest(TINY_MODEL))
+    )
     try:
         executor = loaded.batcher._instances[0].executor
         tid = executor.submit(threading.get_native_id).result()
@@ -48,3 +52,27 @@ async def test_inference_threads_run_below_the_event_loop() -> None:
         assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
     finally:
         await loaded.batcher.close(1)
+
+
+def test_a_bundled_version_is_read_from_its_sidecar_when_it_loads():
+    (defects,) = load_settings(environ={}, overrides={
+        "models": [{"name": "line3", "bundled": "defects", "version": "1.0.0-line3"}]
+    }).models
+    spec = spec_from_settings(defects)
+    assert spec.path.is_file()
+    assert (spec.kind, spec.source, spec.version) == ("yolov8", "bundled", "1.0.0-line3")
+    assert spec.labels == ("scratch", "dent", "hole", "stain")
+    assert len(spec.sha256) == 64
+    assert set(spec.thresholds) <= {"conf", "iou", "max_det"}
+
+
+def test_a_sidecar_names_its_own_labels_and_thresholds():
+    spec = spec_from_sidecar(
+        Path("/m.onnx"),
+        {"version": "2.0", "kind": "yolov8", "sha256": "ab" * 32, "labels": ["a", "b"],
+         "thresholds": {"conf": 0.4, "iou": 0.5, "other": 1}},
+        "oci://r/m:2.0",
+    )
+    assert (spec.version, spec.kind, spec.labels) == ("2.0", "yolov8", ("a", "b"))
+    assert spec.thresholds == {"conf": 0.4, "iou": 0.5}
+    assert spec.sha256 == "ab" * 32

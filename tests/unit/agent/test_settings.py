@@ -4,23 +4,19 @@ from pathlib import Path
 
 import pytest
 
-from agent.settings import SettingsError, default_state_dir, load_settings
+from agent.settings import default_state_dir
+from agent.settings_loader import SettingsError, load_settings
 
 
 def test_defaults_work_with_nothing():
     s = load_settings(environ={})
     assert (s.host, s.port) == ("0.0.0.0", 8080)
-    # No model configured: the bundled ones, resolved from their sidecars.
+    # No model configured: the bundled ones (their sidecars are read when they load).
     assert [(m.name, m.bundled, m.kind, m.source) for m in s.models] == [
-        ("defects", "defects", "yolov8", "bundled"),
-        ("fusion", "fusion", "tensor", "bundled"),
+        ("defects", "defects", "auto", "bundled"),
+        ("fusion", "fusion", "auto", "bundled"),
     ]
-    defects = s.models[0]
-    assert defects.path.name == "model.onnx"
-    assert defects.path.is_file()
-    assert defects.version == "1.0.0"
-    assert len(defects.sha256) == 64
-    assert defects.names == ["scratch", "dent", "hole", "stain"]
+    assert s.models[0].names == []  # no override: the version's own labels apply
     assert s.runtime.providers == ["tensorrt", "cuda", "cpu"]
     assert s.runtime.allow_spinning is True
     assert s.state_dir == default_state_dir()
@@ -74,9 +70,8 @@ def test_a_bundled_model_under_another_name_with_overrides():
         environ={}, overrides={"models": [{"name": "line3", "bundled": "defects", "conf": 0.5}]}
     )
     (m,) = s.models
-    assert (m.name, m.kind, m.conf, m.source, m.version) == (
-        "line3", "yolov8", 0.5, "bundled", "1.0.0"
-    )
+    assert (m.name, m.bundled, m.conf, m.iou) == ("line3", "defects", 0.5, None)
+    assert m.source == "bundled"
     assert load_settings(environ={}, overrides={"models": [m.__dict__ | {"batching": None}]})
 
 
@@ -169,7 +164,9 @@ def test_the_readme_configuration_example_loads_and_matches_the_defaults(tmp_pat
         defaults.drain_timeout_s,
     )
     line3, fall = s.models
-    assert (line3.name, line3.source, line3.kind, line3.conf) == ("line3", "bundled", "yolov8", 0.4)
+    assert (line3.name, line3.source, line3.bundled, line3.conf) == (
+        "line3", "bundled", "defects", 0.4
+    )
     # The documented per-model values are the defaults too.
     documented = {k: v for k, v in fall.__dict__.items() if k not in ("name", "path")}
     plain = load_settings(environ={}, overrides={"models": [{"name": "x", "path": "/x"}]})

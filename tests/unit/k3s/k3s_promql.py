@@ -14,7 +14,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.metrics.accelerators import Reading
-from agent.metrics.exposition import ModelState, Snapshot, render_full, render_summary
+from agent.metrics.exposition import ModelSnapshot, Snapshot, render_full, render_summary
 from agent.metrics.recorder import Recorder
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -130,7 +130,7 @@ def exported_names() -> tuple[frozenset[str], frozenset[str]]:
     rec.observe_queue("defects", 1)
     snap = Snapshot(
         True,
-        [ModelState("defects", "1.0.0", "sha256:" + "ab" * 32, "cpu", 0, 0.9)],
+        [ModelSnapshot("defects", "1.0.0", "sha256:" + "ab" * 32, "cpu", 0, 0.9)],
         [Reading("0", "GPU", 0.5, 1.0, 2.0, 50.0)],
     )
     return _sample_names(render_summary(rec, snap)), _sample_names(render_full(rec, snap))

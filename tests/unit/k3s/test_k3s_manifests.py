@@ -11,7 +11,8 @@ import yaml
 from support import find_tool, require
 
 from agent.http.app import create_app
-from agent.settings import Settings, load_settings
+from agent.settings import Settings
+from agent.settings_loader import load_settings
 
 ROOT = Path(__file__).resolve().parents[3]
 OVERLAYS = ("cpu", "gpu")

@@ -6,7 +6,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import promtool_check
 
 from agent.metrics.accelerators import Reading
-from agent.metrics.exposition import ModelState, Snapshot, render_full, render_summary
+from agent.metrics.exposition import ModelSnapshot, Snapshot, render_full, render_summary
 from agent.metrics.recorder import BUCKETS, OTHER_CAMERA, Recorder
 
 DIGEST = "sha256:" + "ab" * 32
@@ -37,8 +37,8 @@ def busy_recorder() -> tuple[Recorder, Snapshot]:
     snap = Snapshot(
         ready=True,
         models=[
-            ModelState("defects", "1.0.0", DIGEST, "tensorrt", 3, 0.8586),
-            ModelState("fusion", "1.0.0", DIGEST, "tensorrt", 0, 0.97),
+            ModelSnapshot("defects", "1.0.0", DIGEST, "tensorrt", 3, 0.8586),
+            ModelSnapshot("fusion", "1.0.0", DIGEST, "tensorrt", 0, 0.97),
         ],
         accelerators=[Reading("0", "NVIDIA H100 80GB HBM3", 0.41, 2.1e9, 8.5e10, 63.0)],
     )
@@ -116,7 +116,7 @@ def test_full_metrics_have_histograms_stages_cameras_and_process_and_are_promtoo
 
 def test_nothing_is_invented_for_an_idle_cpu_node():
     rec = Recorder(["defects"])
-    snap = Snapshot(False, [ModelState("defects", "", "", "", 0, None)], [])
+    snap = Snapshot(False, [ModelSnapshot("defects", "", "", "", 0, None)], [])
     text = render_summary(rec, snap).decode()
     assert "edge_accelerator" not in text
     assert "edge_model_info" not in text  # not loaded yet: no version to report
