@@ -7,8 +7,9 @@ import asyncio
 import os
 from pathlib import Path
 
+from benchmarks.common import DEFAULT_FRAME, DEFAULT_MODEL
 from benchmarks.compare import parse_tree, parse_variant
-from benchmarks.latency import DEFAULT_FRAME, DEFAULT_MODEL, measure, report
+from benchmarks.latency import measure, report
 
 
 def main() -> int:
@@ -28,8 +29,8 @@ def main() -> int:
                      help="the daemon's batching variants only (assumes CUDA)")
     run = sub.add_parser(
         "run",
-        help="every PERFORMANCE.md target in one run (floor, daemon, "
-        "peer, sweep, overload, swap, cold start); writes benchmarks/results/",
+        help="the performance targets in README's Performance section, all in one run "
+        "(floor, daemon, peer, sweep, overload, swap, cold start); writes benchmarks/results/",
     )
     run.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     run.add_argument("--frame", type=Path, default=DEFAULT_FRAME)

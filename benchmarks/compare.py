@@ -22,18 +22,11 @@ from typing import Any
 
 import aiohttp
 
-# run.py puts tests/ on sys.path and imports the load generator and the Daemon from there.
-from benchmarks.run import (
-    RESULTS,
-    Daemon,
-    Measure,
-    interleaved_blocks,
-    load_step,
-    machine,
-    ms,
-    post_once,
-)
-from benchmarks.run import overload as run_overload
+from benchmarks.common import RESULTS, machine, ms, post_once
+from benchmarks.overload import overload as overload_one
+from benchmarks.saturation import load_step, sustainable
+from benchmarks.single import Measure, interleaved_blocks
+from tests.support import Daemon
 
 
 @dataclass
@@ -94,9 +87,10 @@ def write_configs(variants: list[Variant], model: Path, threads: int, workdir: P
 
 async def start(variants: list[Variant], workdir: Path) -> None:
     for v in variants:
-        where = {"cwd": v.tree, "env": {"PYTHONPATH": str(v.tree)}} if v.tree else {}
         v.daemon = Daemon(
-            ["--config", str(v.config), "--state-dir", str(workdir / v.name)], **where
+            ["--config", str(v.config), "--state-dir", str(workdir / v.name)],
+            env={"PYTHONPATH": str(v.tree)} if v.tree else None,
+            cwd=v.tree,
         )
         await v.daemon.wait_ready(timeout=300)
 
@@ -130,11 +124,11 @@ async def sweep(variants: list[Variant], data: bytes, rates: list[float], step_s
 
 
 async def overload(variants: list[Variant], data: bytes, seconds: float) -> None:
-    """3x the base variant's saturation rate on each daemon in turn (``run.overload``)."""
-    rate = 3 * max(s["achieved"] for s in variants[0].steps)
+    """3x the base variant's saturation rate on each daemon in turn (``overload.overload``)."""
+    rate = 3 * sustainable(variants[0].steps)
     for v in variants:
         assert v.daemon is not None
-        v.overload = {"rate": rate, **await run_overload(v.daemon, data, rate, seconds, 256)}
+        v.overload = {"rate": rate, **await overload_one(v.daemon, data, rate, seconds, 256)}
         o = v.overload
         print(f"  {v.name:>12}: {o['ok']:.0f} ok, {o['shed']:.0f} shed, accepted p99 "
               f"{o['accepted_p99']:.0f} ms (steady {o['steady_p99']:.0f}), shed p99 "

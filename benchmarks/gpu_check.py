@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import io
 import json
 import os
@@ -32,13 +31,11 @@ from pathlib import Path
 import onnxruntime as ort
 
 from benchmarks import compare
-from benchmarks.run import cold_starts
+from benchmarks.cold_start import cold_starts
+from benchmarks.common import ROOT
 from inference import SessionConfig, Thresholds, YoloV8Detector
 from inference.letterbox import to_input
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from support import COCO_MODEL, REFERENCE, assert_parity, image_bytes  # noqa: E402
+from tests.support import COCO_MODEL, REFERENCE, assert_parity, image_bytes
 
 FRAME = "astronaut-1080p.jpg"
 CHAINS = (("tensorrt",), ("cuda",), ("cpu",))
@@ -119,18 +116,6 @@ def load(model: Path, chain: tuple[str, ...], cache: Path) -> tuple[YoloV8Detect
             ),
         )
     return det, time.monotonic() - t, err.getvalue()
-
-
-def fallback_reason(provider: str, printed: str) -> str:
-    if provider == "tensorrt":
-        try:
-            ctypes.CDLL("libnvinfer.so.10")
-        except OSError as exc:
-            return str(exc)
-    if not printed.strip():
-        return "not in this onnxruntime build"
-    lines = [ln.strip() for ln in printed.splitlines() if ln.strip()]
-    return next((ln for ln in lines if "EP Error" in ln), lines[0])[:300]
 
 
 def timings(det: YoloV8Detector, batches: tuple[int, ...]) -> list[tuple[int, float, float]]:

@@ -8,7 +8,6 @@ own process, as in production; the client is one keep-alive HTTP session.
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -17,14 +16,8 @@ import numpy as np
 
 from inference import SessionConfig, YoloV8Detector
 from inference.letterbox import to_input
+from tests.support import Daemon  # the tests' helper that runs the daemon as a process
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from support import Daemon  # noqa: E402  (the tests' helper that runs the daemon as a process)
-
-DEFAULT_MODEL = ROOT / "tests/fixtures/models/yolov8n-coco-random.onnx"
-DEFAULT_FRAME = ROOT / "tests/fixtures/images/astronaut-1080p.jpg"
 STAGES = ("queue", "preprocess", "inference", "postprocess", "total")
 
 

@@ -2,8 +2,8 @@
 on stdin, answers each with the seconds that one ``cv2.imdecode`` + ``YOLO(onnx).predict`` of the
 frame took, so the caller can interleave it with its own measurements round by round.
 
-Usage (by benchmarks.run): ``<python> benchmarks/peer.py MODEL FRAME IMGSZ``; prints ``ready`` and
-its peak RSS in bytes at ``rss``.
+Usage (by benchmarks.single): ``<python> benchmarks/peer.py MODEL FRAME IMGSZ``; prints
+``ready`` and its peak RSS in bytes at ``rss``.
 """
 
 from __future__ import annotations

@@ -15,9 +15,9 @@ import time
 import aiohttp
 import pytest
 from lifecycle_helpers import samples
-from load import Load, capacity, open_loop, percentile, proc_stats
 from support import Daemon, shed_for_load
 
+from benchmarks.load import Load, capacity, open_loop, percentile, proc_stats
 from inference.bundled import BUNDLE_ROOT
 
 OVERLOAD_S = float(os.environ.get("EDGE_OVERLOAD_S", "60"))

@@ -18,9 +18,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 from lifecycle_helpers import FUSION, fusion_model, publish, samples
-from load import Load, open_loop, proc_stats
 from support import Daemon, free_port, shed_for_load
 
+from benchmarks.load import Load, open_loop, proc_stats
 from inference.bundled import BUNDLE_ROOT
 
 SOAK_S = float(os.environ.get("EDGE_SOAK_S", "60"))

@@ -9,7 +9,7 @@ import itertools
 import pytest
 
 from benchmarks.compare import parse_tree, parse_variant
-from benchmarks.run import Measure, interleaved_blocks
+from benchmarks.single import Measure, interleaved_blocks
 
 
 def test_blocks_rotate_and_drop_the_settling_calls():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from support import COCO_MODEL, IMAGES
 
-from benchmarks.run import Report, Target, render
+from benchmarks.report import Report, Target, render
 
 
 def test_render_lists_targets_with_verdicts_and_the_sweeps():

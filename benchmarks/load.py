@@ -1,6 +1,6 @@
-"""Open-loop load for the overload and soak tests: requests leave on a schedule, whether or not
-earlier ones have been answered (a closed loop would slow down with the server and hide the
-queueing), and every answer is kept with its send time, status and latency."""
+"""Open-loop load for the benchmarks and for the overload and soak tests: requests leave on a
+schedule, whether or not earlier ones have been answered (a closed loop would slow down with the
+server and hide the queueing), and every answer is kept with its send time, status and latency."""
 
 from __future__ import annotations
 

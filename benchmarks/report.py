@@ -1,0 +1,117 @@
+"""The report of ``benchmarks run``: the figures and their verdicts as markdown, the sweep as
+PNG plots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import ms
+
+
+@dataclass
+class Target:
+    figure: str
+    measured: float | None
+    target: str
+    met: bool | None
+    note: str = ""
+
+
+@dataclass
+class Report:
+    machine: dict[str, str]
+    single: dict[str, list[float]] = field(default_factory=dict)
+    raw_throughput: dict[str, float] = field(default_factory=dict)
+    sweep: list[dict[str, float]] = field(default_factory=list)
+    sweep_instances: list[dict[str, float]] = field(default_factory=list)
+    instances_p50: float = 0.0
+    targets: list[Target] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def render(report: Report, model: Path, frame: Path, rounds: int) -> str:
+    m = report.machine
+    s = report.single
+    lines = [
+        f"# Benchmark, {m['date']}",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} usable cores, onnxruntime {m['onnxruntime']}, "
+        f"Python {m['python']}. Model {model.name}, frame {frame.name} "
+        f"({frame.stat().st_size // 1024} KB). {rounds} interleaved rounds.",
+        "",
+        "| single stream | p50 ms | p95 ms | p99 ms |",
+        "|---|---|---|---|",
+    ]
+    for key, label in (("raw", "raw `session.run` (floor)"), ("daemon", "daemon end to end (HTTP)"),
+                       ("peer", "Ultralytics imdecode + predict (peer)")):
+        if s.get(key):
+            lines.append(f"| {label} | {ms(s[key], 50):.1f} | {ms(s[key], 95):.1f} | "
+                         f"{ms(s[key], 99):.1f} |")
+    lines += ["", "| target | measured | target | met | note |", "|---|---|---|---|---|"]
+    for t in report.targets:
+        value = "—" if t.measured is None else f"{t.measured:.2f}"
+        met = "—" if t.met is None else ("yes" if t.met else "**no**")
+        lines.append(f"| {t.figure} | {value} | {t.target} | {met} | {t.note} |")
+    lines += ["", "| raw ORT throughput | frames/s |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in report.raw_throughput.items()]
+    lines += ["", *_sweep_table(report.sweep)]
+    if report.sweep_instances:
+        lines += ["", "Same sweep, one single-threaded detector session per core "
+                  "(`batching.instances`, `runtime.intra_op_threads: 1`):", "",
+                  *_sweep_table(report.sweep_instances)]
+    lines += [""] + [f"- {n}" for n in report.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _sweep_table(rows: list[dict[str, float]]) -> list[str]:
+    lines = ["| cameras | offered fps | achieved fps | p50 ms | p95 ms | p99 ms | shed |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['cameras']:.0f} | {r['offered']:.1f} | {r['achieved']:.1f} | "
+                     f"{r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} | "
+                     f"{100 * r['shed']:.0f}% |")
+    return lines
+
+
+def plot(report: Report, stem: Path) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install '.[bench]'): no plots")
+        return []
+    rows = report.sweep
+    offered = [r["offered"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for q in ("p50", "p95", "p99"):
+        ax.plot(offered, [r[q] for r in rows], marker="o", label=q)
+    ax.set_yscale("log")
+    latency = _save(fig, ax, "offered load (frames/s)", "latency of answered frames (ms)",
+                    stem.with_name(stem.name + "-latency.png"))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    cams = [r["cameras"] for r in rows]
+    ax.plot(cams, [r["achieved"] for r in rows], marker="o", label="answered 200 (1 session)")
+    if report.sweep_instances:
+        ax.plot([r["cameras"] for r in report.sweep_instances],
+                [r["achieved"] for r in report.sweep_instances], marker="s",
+                label="answered 200 (1 session per core)")
+    ax.plot(cams, offered, linestyle="--", label="offered")
+    ax.axhline(max(report.raw_throughput.values()), color="grey", linestyle=":",
+               label="best raw ORT")
+    throughput = _save(fig, ax, "cameras", "frames/s",
+                       stem.with_name(stem.name + "-throughput.png"))
+    return [latency, throughput]
+
+
+def _save(fig: Any, ax: Any, xlabel: str, ylabel: str, path: Path) -> Path:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
