@@ -87,7 +87,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "cache":
-        from agent.models.seed import main_import
+        from agent.models.cache_import import main_import
 
         try:
             state_dir = args.state_dir or load_settings().state_dir

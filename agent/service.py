@@ -70,7 +70,7 @@ class ModelService:
         self.models: dict[str, Model] = {m.name: Model(m) for m in settings.models}
         self._first: dict[str, VersionSpec] = {}  # what to load first, where not the settings'
 
-    # -- lifecycle -------------------------------------------------------------------------
+    # -- loading and publishing ----------------------------------------------------------
     def start_from(self, name: str, spec: VersionSpec) -> None:
         """Load ``spec`` first instead of the settings' version (the cache's last-known-good)."""
         self._first[name] = spec

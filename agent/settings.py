@@ -217,7 +217,9 @@ class WatchdogSettings:
 
 
 @dataclass
-class LifecycleSettings:
+class ModelSyncSettings:
+    """The `lifecycle:` section: model sync from a fleet manifest (the key keeps its name)."""
+
     # The fleet manifest: a file (a mounted ConfigMap) or an http(s):// URL; empty: no sync,
     # the configured (or bundled) models are served as they are.
     manifest: str = ""
@@ -300,7 +302,7 @@ class Settings:
     health: HealthSettings = field(default_factory=HealthSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
-    lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
+    lifecycle: ModelSyncSettings = field(default_factory=ModelSyncSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     models: list[ModelSettings] = field(default_factory=list)
 

@@ -47,17 +47,6 @@ def _resize(image: np.ndarray, p: _Placement) -> np.ndarray:
     return cv2.resize(image, (p.new_w, p.new_h), interpolation=cv2.INTER_LINEAR)
 
 
-def letterbox(image: np.ndarray, input_h: int, input_w: int) -> tuple[np.ndarray, Letterbox]:
-    """Resize keeping the aspect ratio and pad with 114, centred, to ``input_h x input_w``."""
-    h, w = image.shape[:2]
-    p = _place(h, w, input_h, input_w)
-    boxed = cv2.copyMakeBorder(
-        _resize(image, p), p.top, p.bottom, p.left, p.right, cv2.BORDER_CONSTANT,
-        value=(PAD_VALUE,) * 3,
-    )
-    return boxed, Letterbox(h, w, input_h, input_w)
-
-
 _255 = np.float32(255)
 
 

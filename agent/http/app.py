@@ -17,13 +17,13 @@ from agent.health import Liveness, LoopMonitor
 from agent.http import admin, handlers, keys, metrics, v2
 from agent.http.body import check_headers, check_length, expect_handler
 from agent.http.errors import error_middleware
-from agent.lifecycle import Lifecycle, signal_ctx
 from agent.metrics.accelerators import open_probes
 from agent.metrics.recorder import Recorder
 from agent.models.cache import ModelCache
-from agent.models.wiring import build_syncer, sync_after, use_last_known_good
+from agent.models.sync_setup import build_syncer, sync_after, use_last_known_good
 from agent.service import ModelService
 from agent.settings import Settings
+from agent.shutdown import Shutdown, signal_ctx
 from agent.watchdog.hardware import HardwareWatchdog
 from agent.watchdog.selftest import SelfTests
 from agent.watchdog.supervisor import State, Supervisor, systemd_watchdog_period
@@ -35,7 +35,7 @@ def create_app(settings: Settings, *, handle_signals: bool = False) -> web.Appli
     (the runner must then leave signals alone)."""
     app = web.Application(middlewares=[metrics.metrics_middleware, error_middleware])
     app[keys.SETTINGS] = settings
-    app[keys.LIFECYCLE] = Lifecycle()
+    app[keys.SHUTDOWN] = Shutdown()
     app.cleanup_ctx.append(_prepost_pool_ctx)
     app.cleanup_ctx.append(_loop_monitor_ctx)
     app.cleanup_ctx.append(_metrics_ctx)
@@ -49,7 +49,7 @@ def create_app(settings: Settings, *, handle_signals: bool = False) -> web.Appli
     app.cleanup_ctx.append(_rescoring_ctx)
     app.cleanup_ctx.append(_self_tests_ctx)
     if handle_signals:
-        app.cleanup_ctx.append(signal_ctx(app[keys.LIFECYCLE], settings.drain_grace_s))
+        app.cleanup_ctx.append(signal_ctx(app[keys.SHUTDOWN], settings.drain_grace_s))
     app.router.add_post(
         "/v1/models/{name}/detect", handlers.detect, expect_handler=expect_handler(check_headers)
     )
@@ -108,7 +108,7 @@ def _state(app: web.Application) -> State:
     service = app.get(keys.SERVICE)
     if service is None:
         return State(False, "starting")
-    if app[keys.LIFECYCLE].draining:
+    if app[keys.SHUTDOWN].draining:
         return State(service.ready(), "draining: finishing in-flight requests", stopping=True)
     if service.ready():
         return State(True, f"serving {', '.join(sorted(service.models))}")
@@ -156,7 +156,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(use_last_known_good, service, ModelCache(settings.state_dir))
     app[keys.SERVICE] = service
     yield
-    app[keys.LIFECYCLE].begin_drain("shutdown")
+    app[keys.SHUTDOWN].begin_drain("shutdown")
     await service.close(settings.drain_timeout_s)
 
 
@@ -176,13 +176,13 @@ async def _loading_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _client_session_ctx(app: web.Application) -> AsyncIterator[None]:
     """The HTTP client the model sync reaches registries and the manifest URL with."""
-    lifecycle = app[keys.SETTINGS].lifecycle
-    if not lifecycle.manifest:
+    sync = app[keys.SETTINGS].lifecycle
+    if not sync.manifest:
         yield
         return
     session = aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(
-            total=None, sock_connect=lifecycle.stall_timeout_s, sock_read=lifecycle.stall_timeout_s
+            total=None, sock_connect=sync.stall_timeout_s, sock_read=sync.stall_timeout_s
         )
     )
     app[keys.CLIENT_SESSION] = session

@@ -33,7 +33,7 @@ async def detect(request: web.Request) -> web.Response:
     deadline_s = deadline_from(request)
     # Everything that can refuse the request is checked before its body is read: an overloaded
     # node sheds a 300 KB frame without receiving it.
-    if app[keys.LIFECYCLE].stopped:
+    if app[keys.SHUTDOWN].stopped:
         raise DrainingError("shutting down")
     limits = settings.limits
     check_headers(request, limits.max_body_bytes)
@@ -75,8 +75,8 @@ def _detect_body(result: DetectResult) -> dict[str, object]:
 
 async def health(request: web.Request) -> web.Response:
     """Readiness: 200 only when every model is loaded and warmed up and we are not draining."""
-    service, lifecycle = request.app[keys.SERVICE], request.app[keys.LIFECYCLE]
-    if lifecycle.draining:
+    service, shutdown = request.app[keys.SERVICE], request.app[keys.SHUTDOWN]
+    if shutdown.draining:
         return json_response({"status": "draining"}, status=503)
     if not service.ready():
         errors = {n: m.error for n, m in service.models.items() if m.error}
@@ -119,7 +119,7 @@ async def v2_live(request: web.Request) -> web.Response:
 
 
 async def v2_ready(request: web.Request) -> web.Response:
-    ready = request.app[keys.SERVICE].ready() and not request.app[keys.LIFECYCLE].draining
+    ready = request.app[keys.SERVICE].ready() and not request.app[keys.SHUTDOWN].draining
     return json_response({"ready": ready}, status=200 if ready else 503)
 
 

@@ -9,12 +9,12 @@ import aiohttp
 from aiohttp import web
 
 from agent.health import LoopMonitor
-from agent.lifecycle import Lifecycle
 from agent.metrics.accelerators import AcceleratorProbe
 from agent.metrics.recorder import Recorder
 from agent.models.sync import Syncer
 from agent.service import ModelService
 from agent.settings import Settings
+from agent.shutdown import Shutdown
 from agent.watchdog.supervisor import Supervisor
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -22,7 +22,7 @@ SETTINGS = web.AppKey("settings", Settings)
 PREPOST_POOL = web.AppKey("prepost_pool", ThreadPoolExecutor)
 SERVICE = web.AppKey("service", ModelService)
 LOOP_MONITOR = web.AppKey("loop_monitor", LoopMonitor)
-LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+SHUTDOWN = web.AppKey("shutdown", Shutdown)
 RECORDER = web.AppKey("recorder", Recorder)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 SYNCER = web.AppKey("syncer", Syncer)

@@ -41,18 +41,21 @@ def _model_snapshot(name: str, record: VersionRecord | None) -> ModelSnapshot:
         queue_depth=record.batcher.depth,
         validation_score=record.score,
         rollout=record.rollout,
+        failed_batches=record.batcher.failed_batches,
+        expired=record.batcher.expired,
+        overload_episodes=record.batcher.overload_episodes,
     )
 
 
 async def _snapshot(app: web.Application) -> Snapshot:
-    service, lifecycle = app[keys.SERVICE], app[keys.LIFECYCLE]
+    service, shutdown = app[keys.SERVICE], app[keys.SHUTDOWN]
     models = [_model_snapshot(name, m.active) for name, m in service.models.items()]
     probes = app[keys.ACCELERATORS]
     # NVML calls are quick but are system calls into a driver: off the event loop.
     readings = await asyncio.to_thread(read_all, probes) if probes else []
     syncer = app.get(keys.SYNCER)
     control = (syncer.status.connected, syncer.status.last_success) if syncer else None
-    return Snapshot(service.ready() and not lifecycle.draining, models, readings, control)
+    return Snapshot(service.ready() and not shutdown.draining, models, readings, control)
 
 
 async def summary(request: web.Request) -> web.Response:

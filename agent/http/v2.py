@@ -57,7 +57,7 @@ async def model_metadata(request: web.Request) -> web.Response:
 
 async def model_ready(request: web.Request) -> web.Response:
     model, record = _model(request)
-    ready = record is not None and not request.app[keys.LIFECYCLE].draining
+    ready = record is not None and not request.app[keys.SHUTDOWN].draining
     return json_response({"name": model.name, "ready": ready}, status=200 if ready else 503)
 
 
@@ -65,7 +65,7 @@ async def infer(request: web.Request) -> web.Response:
     received_at = time.monotonic()
     app = request.app
     settings, service = app[keys.SETTINGS], app[keys.SERVICE]
-    if app[keys.LIFECYCLE].stopped:
+    if app[keys.SHUTDOWN].stopped:
         raise DrainingError("shutting down")
     name = request[keys.MODEL] = request.match_info["name"]
     request[keys.CAMERA] = camera_id(request)

@@ -38,6 +38,11 @@ class ModelSnapshot:
     queue_depth: int
     validation_score: float | None
     rollout: str = ""  # "stable" | "canary" once a fleet manifest assigned the node
+    # The active version's queue, since it was loaded: batches that raised (then re-run one
+    # input at a time), requests whose deadline passed before they ran, overloads entered.
+    failed_batches: int = 0
+    expired: int = 0
+    overload_episodes: int = 0
 
 
 @dataclass(frozen=True)
@@ -191,6 +196,18 @@ def detail_families(recorder: Recorder, snap: Snapshot) -> list[Metric]:
         for st in STAGES:
             h = s.stage_histograms[st]
             per_stage.add_metric([n, st], h.cumulative(), h.sum)
+    events = CounterMetricFamily(
+        "edge_batcher_events",
+        "What the active version's queue saw since it loaded: failed_batch (a batch raised and "
+        "was re-run one input at a time), expired (deadline passed before the run), overload "
+        "(a standing queue was recognised).",
+        labels=["model", "version", "event"],
+    )
+    for m in snap.models:
+        if m.version:
+            events.add_metric([m.name, m.version, "failed_batch"], m.failed_batches)
+            events.add_metric([m.name, m.version, "expired"], m.expired)
+            events.add_metric([m.name, m.version, "overload"], m.overload_episodes)
     cameras = CounterMetricFamily(
         "edge_camera_frames",
         f"Frames by X-Camera-Id (at most {recorder.max_cameras} cameras; the rest as 'other').",
@@ -198,7 +215,7 @@ def detail_families(recorder: Recorder, snap: Snapshot) -> list[Metric]:
     )
     for (model, camera), frames in sorted(recorder.cameras.items()):
         cameras.add_metric([model, camera], frames)
-    return [f for f in (stages, total, per_stage, cameras) if f.samples]
+    return [f for f in (stages, total, per_stage, events, cameras) if f.samples]
 
 
 def render_summary(recorder: Recorder, snap: Snapshot) -> bytes:

@@ -10,7 +10,8 @@ models:
 ```
 
 A node is in a model's canary cohort when
-``int(sha256(node_name + "/" + model)[:8], 16) % 100 < percent`` (DESIGN.md): stable per node
+``int(sha256(node_name + "/" + model)[:8], 16) % 100 < percent`` (README, "Model lifecycle";
+the fleet's other tools compute the same): stable per node
 and model, independent across models, and the same answer on every node of the fleet.
 """
 

@@ -118,7 +118,6 @@ class HttpSource:
         self._session = session
         # Conditional requests: a manifest polled every 30 s by 200 nodes costs a 304 each.
         self._etags: dict[str, tuple[str, bytes]] = {}
-        self.not_modified = 0
 
     def model_url(self, ref: str, sidecar: dict[str, Any]) -> str:
         return _beside(ref, sidecar)
@@ -128,7 +127,6 @@ class HttpSource:
         headers = {"If-None-Match": cached[0]} if cached else {}
         async with self._session.get(ref, headers=headers) as resp:
             if resp.status == 304 and cached is not None:
-                self.not_modified += 1
                 return cached[1]
             check_status(resp, ref)
             body = await resp.content.read(MAX_SIDECAR_BYTES + 1)

@@ -26,7 +26,6 @@ class WatchdogUnavailableError(EdgeError):
 
 
 WDIOC_SETTIMEOUT = 0xC0045706  # _IOWR('W', 6, int)
-WDIOC_GETTIMEOUT = 0x80045707  # _IOR('W', 7, int)
 FEED = b"k"  # any byte but "V"
 MAGIC_CLOSE = b"V"
 

@@ -72,7 +72,6 @@ class Supervisor:
         self._last_status = ""
         self._withholding = False
         self._task: asyncio.Task[None] | None = None
-        self.pings = 0
 
     def start(self) -> None:
         if self._hardware is not None:
@@ -116,7 +115,6 @@ class Supervisor:
         live = self._liveness()
         if live.live:
             messages.append("WATCHDOG=1")
-            self.pings += 1
             if self._hardware is not None:
                 self._hardware.feed()
             if self._withholding:

@@ -1,15 +1,38 @@
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
 from inference.letterbox import (
     PAD_VALUE,
-    letterbox,
+    Letterbox,
     letterbox_planes,
     scale_boxes,
     to_input,
 )
+
+
+def letterbox(image: np.ndarray, ih: int, iw: int) -> tuple[np.ndarray, Letterbox]:
+    """What the daemon queues, seen as a BGR HxWx3 image again (for the layout checks)."""
+    planes, geo = letterbox_planes(image, ih, iw)
+    return np.ascontiguousarray(planes[0][::-1].transpose(1, 2, 0)), geo
+
+
+def ultralytics_letterbox(image: np.ndarray, ih: int, iw: int) -> np.ndarray:
+    """Ultralytics' ``LetterBox(auto=False, center=True)`` written out independently: resize
+    keeping the aspect ratio, then pad with 114, ``round(d -/+ 0.1)`` on each side."""
+    h, w = image.shape[:2]
+    r = min(ih / h, iw / w)
+    # Ultralytics' cv2.resize fails where a side rounds to 0 pixels: one pixel is kept instead.
+    new_w, new_h = max(round(w * r), 1), max(round(h * r), 1)
+    dw, dh = (iw - new_w) / 2, (ih - new_h) / 2
+    if (w, h) != (new_w, new_h):
+        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    top, bottom = round(dh - 0.1), round(dh + 0.1)
+    left, right = round(dw - 0.1), round(dw + 0.1)
+    return cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT,
+                              value=(114, 114, 114))
 
 
 @pytest.mark.parametrize(
@@ -84,12 +107,12 @@ def test_blob_is_rgb_nchw_unit_range():
 def test_blob_equals_ultralytics_to_the_bit(h, w, ih, iw):
     # Ultralytics' predictor: LetterBox, then im[..., ::-1].transpose(2, 0, 1), float() / 255.
     img = np.random.default_rng(h * w).integers(0, 256, (h, w, 3), np.uint8)
-    boxed, geo = letterbox(img, ih, iw)
+    boxed = ultralytics_letterbox(img, ih, iw)
     theirs = boxed[..., ::-1].transpose(2, 0, 1)[None].astype(np.float32) / np.float32(255)
     # What waits in the queue: uint8 planes, converted by the inference thread.
-    planes, planes_geo = letterbox_planes(img, ih, iw)
+    planes, geo = letterbox_planes(img, ih, iw)
     blob = to_input(planes)
-    assert planes_geo == geo
+    assert (geo.orig_h, geo.orig_w, geo.input_h, geo.input_w) == (h, w, ih, iw)
     assert blob.flags.c_contiguous
     assert np.array_equal(blob, theirs)
     assert planes.dtype == np.uint8

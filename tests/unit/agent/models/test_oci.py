@@ -6,7 +6,7 @@ import pytest
 
 from agent.models.oci import OciRef
 from agent.models.sources import SourceError
-from agent.models.wiring import manifest_ref, read_credentials
+from agent.models.sync_setup import manifest_ref, read_credentials
 
 
 @pytest.mark.parametrize(

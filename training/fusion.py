@@ -1,6 +1,6 @@
 """Train the bundled ``fusion`` model (motor state from a sensor window) and export it to ONNX.
 
-    python -m inference.training.fusion --out inference/bundled/fusion
+    python -m training.fusion --out inference/bundled/fusion
 
 The graph takes raw inputs, ``sensors`` float32 [batch, 256, 6] (``sensors.CHANNELS`` at
 1024 Hz) and ``defect_rate`` float32 [batch, 1], and computes its features itself, so callers
@@ -39,7 +39,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from inference.files import atomic_write
-from inference.training import sensors
+from training import sensors
 
 VERSION = "1.0.0"
 OPSET = 17
@@ -380,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "hidden": list(args.hidden),
             "epochs": args.epochs,
             "lr": args.lr,
-            "generator": "inference.training.sensors",
+            "generator": "training.sensors",
             "features": list(FEATURES),
         },
         "anomaly": {

@@ -3,9 +3,9 @@
 Needs Ultralytics (and torch) in a venv of its own; the daemon never does. See
 ``inference/bundled/README.md`` for the venv and the exact commands. Three steps::
 
-    python -m inference.training.defects dataset --data /tmp/defects-data
-    python -m inference.training.defects train --data /tmp/defects-data --runs /tmp/defects-runs
-    python -m inference.training.defects package --onnx /tmp/defects-runs/.../best.onnx
+    python -m training.defects dataset --data /tmp/defects-data
+    python -m training.defects train --data /tmp/defects-data --runs /tmp/defects-runs
+    python -m training.defects package --onnx /tmp/defects-runs/.../best.onnx
 
 ``dataset`` and ``package`` need only numpy, OpenCV and onnxruntime; ``train`` needs
 Ultralytics. ``package`` copies the ONNX into ``inference/bundled/defects/``, writes the held-out
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from inference.training.conveyor import CLASSES, encode_jpeg, frame
+from training.conveyor import CLASSES, encode_jpeg, frame
 
 # Seeds: distinct sequences for training, validation (best-epoch choice) and the golden set.
 TRAIN_SEED, VAL_SEED, GOLDEN_SEED = 1, 2, 3
@@ -96,7 +96,7 @@ def train(data: Path, runs: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m inference.training.defects")
+    parser = argparse.ArgumentParser(prog="python -m training.defects")
     sub = parser.add_subparsers(dest="step", required=True)
     p = sub.add_parser("dataset", help="write the synthetic training and validation frames")
     p.add_argument("--data", type=Path, required=True)
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         onnx_path = train(args.data / "data.yaml", args.runs)
         print(json.dumps({"onnx": str(onnx_path), "seconds": time.monotonic() - started}))
     else:
-        from inference.training.packaging import package_defects
+        from training.packaging import package_defects
 
         package_defects(args.onnx, args.out, CONFIG, GOLDEN_SEED, args.train_seconds)
 

@@ -1,4 +1,5 @@
-"""The lifecycle's long-lived parts, built from settings: start from the cache, then sync."""
+"""Setting up the model sync from the settings (``lifecycle.*``): start each model from its
+cached last-known-good version, build the sources and the syncer, then sync."""
 
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ import onnx
 from inference.evaluation import ScoredBox
 from inference.files import atomic_write
 from inference.golden import load_detection_golden, score_detections
-from inference.training.conveyor import CLASSES, FRAME_SIZE, encode_jpeg, frame
 from inference.yolo import Thresholds, YoloV8Detector
+from training.conveyor import CLASSES, FRAME_SIZE, encode_jpeg, frame
 
 GOLDEN_FRAMES = 50
 GOLDEN_QUALITY = 80
@@ -80,7 +80,7 @@ def package_defects(
         },
         "training": {
             **config,
-            "generator": "inference.training.conveyor",
+            "generator": "training.conveyor",
             "seconds": round(train_seconds),
         },
     }

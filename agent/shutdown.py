@@ -17,7 +17,9 @@ from aiohttp.web_runner import GracefulExit
 log = logging.getLogger(__name__)
 
 
-class Lifecycle:
+class Shutdown:
+    """Where the graceful stop is: draining (readiness 503), then stopped (no new work)."""
+
     def __init__(self) -> None:
         self.draining = False  # readiness is 503
         self.stopped = False  # no new work is taken
@@ -28,7 +30,7 @@ class Lifecycle:
         self.draining = True
 
 
-def signal_ctx(lifecycle: Lifecycle, grace_s: float):  # noqa: ANN201 (aiohttp cleanup_ctx)
+def signal_ctx(shutdown: Shutdown, grace_s: float):  # noqa: ANN201 (aiohttp cleanup_ctx)
     """A ``cleanup_ctx`` entry that installs the SIGTERM/SIGINT handlers (the runner
     leaves signals alone)."""
 
@@ -36,13 +38,13 @@ def signal_ctx(lifecycle: Lifecycle, grace_s: float):  # noqa: ANN201 (aiohttp c
         loop = asyncio.get_running_loop()
 
         def stop() -> None:
-            lifecycle.stopped = True
+            shutdown.stopped = True
             raise GracefulExit  # SystemExit: propagates out of the loop into run_app
 
         def on_signal(signame: str) -> None:
-            if lifecycle.draining:
+            if shutdown.draining:
                 stop()
-            lifecycle.begin_drain(signame)
+            shutdown.begin_drain(signame)
             loop.call_later(grace_s, stop)
 
         for sig in (signal.SIGTERM, signal.SIGINT):

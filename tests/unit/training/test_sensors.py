@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference.training import sensors
-from inference.training.sensors import CHANNELS, STATES, generate
+from training import sensors
+from training.sensors import CHANNELS, STATES, generate
 
 N = 1000
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from inference.evaluation import read_yolo_labels
-from inference.training.conveyor import CLASSES, FRAME_SIZE, Frame, encode_jpeg, frame
+from training.conveyor import CLASSES, FRAME_SIZE, Frame, encode_jpeg, frame
 
 
 def test_frames_are_deterministic_per_seed_and_index():

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 
 import inference
-from inference.training import fusion, sensors
+from training import fusion, sensors
 
 BUNDLED = Path(inference.__file__).parent / "bundled" / "fusion"
 
