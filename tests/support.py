@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -251,3 +252,43 @@ class Daemon:
                     pass
                 await asyncio.sleep(0.01)
         raise AssertionError(f"not ready after {timeout}s; statuses {seen[-5:]}")
+
+
+@contextlib.contextmanager
+def docker_engine(*flags: str, start_timeout: float = 60) -> Iterator[dict[str, str]]:
+    """A real dockerd of its own: fresh data root and exec root, its own socket, no bridge or
+    iptables; yields the environment (DOCKER_HOST) that points ``docker`` at it. On exit it is
+    stopped, whatever it left mounted under its directory (an nsfs under the exec root) is
+    unmounted, and the directory removed. The caller checks for dockerd and root (``require``)."""
+    base = Path(tempfile.mkdtemp(prefix="edk"))  # short: the socket path has a length limit
+    sock = base / "docker.sock"
+    log = (base / "dockerd.log").open("wb")
+    proc = subprocess.Popen(
+        ["dockerd", "--data-root", str(base / "data"), "--exec-root", str(base / "exec"),
+         "-H", f"unix://{sock}", "--pidfile", str(base / "docker.pid"), "--bridge=none",
+         "--iptables=false", "--ip6tables=false", "--ip-masq=false", *flags],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    env = {"DOCKER_HOST": f"unix://{sock}"}
+    try:
+        end = time.monotonic() + start_timeout
+        while subprocess.run(["docker", "version"], env={**os.environ, **env},
+                             capture_output=True, timeout=30).returncode != 0:
+            if proc.poll() is not None or time.monotonic() > end:
+                raise AssertionError("dockerd did not start:\n"
+                                     + (base / "dockerd.log").read_text(errors="replace")[-3000:])
+            time.sleep(0.5)
+        yield env
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+        for target in sorted(mounts, reverse=True):  # the deepest first
+            if target.startswith(f"{base}/"):
+                subprocess.run(["umount", "-l", target], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)

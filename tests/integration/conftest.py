@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from lifecycle_helpers import FUSION, TOKEN, fusion_model, publish
-from support import TINY_MODEL
+from support import TINY_MODEL, cache_dir, docker_engine, require
 
 from agent.http.app import create_app
 from agent.settings_loader import load_settings
@@ -80,3 +84,54 @@ def lifecycle(tmp_path, settings_factory):
         })
 
     return manifest, make
+
+
+# The CPU image, built once per session by a real Docker engine (test_docker_image runs it as
+# the DaemonSet does, test_airgap carries it to a clean engine). No base image can be pulled
+# here: the base is Debian bookworm made with debootstrap (with python3 and this machine's CA
+# bundle, which pip needs behind its TLS proxy), passed as the Dockerfile's ``BASE_IMAGE``.
+ROOT = Path(__file__).resolve().parents[2]
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def _run(*args: str, env: dict[str, str] | None = None, **kw) -> None:
+    proc = subprocess.run(args, capture_output=True, timeout=900,
+                          env={**os.environ, **(env or {})}, **kw)
+    assert proc.returncode == 0, f"{args[:3]}: {proc.stderr.decode(errors='replace')[-3000:]}"
+
+
+@pytest.fixture(scope="session")
+def docker() -> Iterator[dict[str, str]]:
+    """The build engine: ``{"DOCKER_HOST": ...}`` for a dockerd of this session's own."""
+    for tool in ("dockerd", "docker", "debootstrap"):
+        require(shutil.which(tool) is not None,
+                f"{tool} (apt-get install docker.io debootstrap)")
+    require(os.geteuid() == 0, "root (dockerd, debootstrap)")
+    with docker_engine() as env:
+        yield env
+
+
+@pytest.fixture(scope="session")
+def base_image(docker: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> str:
+    tarball = cache_dir() / "docker" / "bookworm-python3.tar"
+    if not tarball.is_file():
+        root = tmp_path_factory.mktemp("bookworm") / "root"
+        _run("debootstrap", "--variant=minbase",
+             "--include=python3,python3-venv,ca-certificates", "bookworm", str(root))
+        shutil.copy(CA_BUNDLE, root / "etc/ssl/certs/ca-certificates.crt")
+        tarball.parent.mkdir(parents=True, exist_ok=True)
+        _run("tar", "-C", str(root), "-cf", f"{tarball}.part", ".")
+        os.replace(f"{tarball}.part", tarball)
+    with tarball.open("rb") as f:
+        _run("docker", "import", "--change", f"ENV PIP_CERT={CA_BUNDLE}", "-",
+             "local/bookworm-python", stdin=f, env=docker)
+    return "local/bookworm-python"
+
+
+@pytest.fixture(scope="session")
+def edge_agent_image(docker: dict[str, str], base_image: str) -> str:
+    """``edge-agent:test``, built from docker/Dockerfile in the ``docker`` engine."""
+    _run("docker", "build", "--network", "host", "--build-arg", f"BASE_IMAGE={base_image}",
+         "-f", str(ROOT / "docker" / "Dockerfile"), "-t", "edge-agent:test", str(ROOT),
+         env=docker)
+    return "edge-agent:test"
