@@ -59,19 +59,30 @@ def stock_debian() -> Path:
     return root
 
 
+# Outside a git checkout (an unpacked copy): everything but what a clone would not have.
+NOT_IN_A_CLONE = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache",
+                  ".hypothesis", "build", "dist"}
+
+
 def project_files() -> list[str]:
     """What a fresh clone of this checkout has: tracked files, and new ones git does not ignore."""
-    out = subprocess.run(
+    listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=PROJECT, capture_output=True, check=True,
-    ).stdout.decode()
-    return [name for name in out.split("\0") if name and (PROJECT / name).is_file()]
+        cwd=PROJECT, capture_output=True,
+    )
+    if listed.returncode == 0:
+        names = listed.stdout.decode().split("\0")
+    else:
+        names = [
+            str(rel) for rel in (path.relative_to(PROJECT) for path in PROJECT.rglob("*"))
+            if not any(part in NOT_IN_A_CLONE or part.endswith(".egg-info") for part in rel.parts)
+        ]
+    return [name for name in names if name and (PROJECT / name).is_file()]
 
 
 @pytest.fixture(scope="module")
 def chroot() -> Iterator[Path]:
     require(os.geteuid() == 0, "root (debootstrap, chroot, mounts)")
-    require(shutil.which("git") is not None, "git")
     root = stock_debian()
     mounted: list[Path] = []
     try:
