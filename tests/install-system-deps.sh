@@ -2,11 +2,12 @@
 # The real components the integration tests drive, from Debian's apt: Prometheus + promtool
 # (metrics, alert rules), systemd-nspawn (the unit under real systemd), qemu + busybox (a real
 # softdog in a guest), docker-registry (an OCI registry for models), docker + debootstrap (the
-# image, built from a local base). Installs what is missing
-# when run as root; otherwise says what is missing (those tests then skip, or fail with
-# CI=true) and carries on.
+# image, built from a local base), procps (pgrep, for the systemd test; a minimal Debian lacks
+# it), and python3-venv for README's venv (the next step of its test command). Installs what is missing when run as root; otherwise says what is missing
+# (those tests then skip, or fail with CI=true) and carries on.
 set -eu
 missing=""
+python3 -c 'import ensurepip' >/dev/null 2>&1 || missing="$missing python3-venv"
 command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
 command -v systemd-nspawn >/dev/null 2>&1 || missing="$missing systemd-container"
 command -v qemu-system-x86_64 >/dev/null 2>&1 || missing="$missing qemu-system-x86"
@@ -14,6 +15,7 @@ command -v busybox >/dev/null 2>&1 || missing="$missing busybox-static"
 command -v docker-registry >/dev/null 2>&1 || missing="$missing docker-registry"
 command -v dockerd >/dev/null 2>&1 || missing="$missing docker.io"
 command -v debootstrap >/dev/null 2>&1 || missing="$missing debootstrap"
+command -v pgrep >/dev/null 2>&1 || missing="$missing procps"  # not in a minimal Debian
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
     echo "not root: not installing$missing (the tests that need them will skip)" >&2

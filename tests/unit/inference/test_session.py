@@ -79,7 +79,9 @@ def test_silent_gpu_fallback_is_reported(monkeypatch):
     assert loaded.provider == "cpu"
 
 
-def test_no_available_provider_is_a_clear_error():
+def test_no_available_provider_is_a_clear_error(monkeypatch):
+    # What a CPU build says; a GPU build ('.[gpu,test]') lists TensorRT even with no GPU.
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     with pytest.raises(ProviderUnavailableError):
         create_session(TINY_MODEL, SessionConfig(providers=("tensorrt",)))
 
