@@ -7,14 +7,8 @@ queued items (waiting at most ``max_delay`` for company), drops the ones whose d
 passed, and runs the batch on that instance's own thread. The slot is freed when the item leaves
 the queue, so queue depth = reserved slots = work admitted but not yet running.
 
-``max_queue`` absorbs bursts. A *standing* queue is another matter (the idea is CoDel's): when
-every batch started for ``standing_queue_s`` has waited longer than one batch's run time, the
-model is overloaded, not bursting, and a full queue only makes every accepted request late. Then
-the batcher admits a request only when it should start running about when its pre-processing is
-done: its expected start (the first instance free, plus the work already admitted) within the
-pre-processing time plus a quarter of a frame's run. That keeps each instance fed and an accepted
-request close to its unloaded latency; the rest are shed at once. The overload ends when an
-instance finds no work at all and nobody was turned away while a frame would have run.
+``max_queue`` bounds the queue; when the model is overloaded (``agent.admission``: a standing
+queue that filled up, not cameras in a closed loop waiting their turn) fewer are admitted.
 """
 
 from __future__ import annotations
@@ -29,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from agent.admission import Admission
 from agent.errors import (
     DeadlineExceededError,
     DrainingError,
@@ -102,7 +97,7 @@ class Batcher(Generic[In, Out]):
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
-        self.standing_queue_s = standing_queue_s  # 0: never limit below max_queue
+        self.admission = Admission(name, standing_queue_s)
         self._instances = instances
         self._items: deque[_Item[In, Out]] = deque()
         self._nonempty = asyncio.Event()
@@ -116,13 +111,6 @@ class Batcher(Generic[In, Out]):
         self._dispatcher = asyncio.create_task(self._dispatch(), name=f"batcher-{name}")
         self.failed_batches = 0
         self.expired = 0
-        self.overloaded = False
-        self.overload_episodes = 0
-        self._run_s: float | None = None  # moving average of one batch's run time
-        self._item_s: float | None = None  # ... of a run's time per item in its batch
-        self._pre_s: float | None = None  # ... of reserve -> submit (pre-processing)
-        self._refused_at: float | None = None  # when overload admission last turned one away
-        self._waiting_since: float | None = None  # batches have waited > _run_s since then
         # When a batch last came back from the model: the proof, for liveness, that it answers.
         self.last_completed_at = time.monotonic()
 
@@ -139,51 +127,45 @@ class Batcher(Generic[In, Out]):
             self._on_depth(self._reserved)
         return Slot(self)
 
+    @property
+    def overloaded(self) -> bool:
+        return self.admission.overloaded
+
+    @property
+    def overload_episodes(self) -> int:
+        return self.admission.episodes
+
     def check_room(self) -> None:
         """Raise the error :meth:`reserve` would raise now, without reserving."""
         if self._closing:
             raise DrainingError(f"model {self.name!r} is shutting down")
-        limit = self.max_queue
-        if self.overloaded:  # at most a batch waiting per instance, and only if due to start
-            limit = min(limit, len(self._instances) * self.max_batch)
+        admission = self.admission
+        limit = admission.limit(self.max_queue, len(self._instances), self.max_batch)
         detail: dict[str, Any] = {
-            "max_queue": self.max_queue, "overloaded": self.overloaded, "limit": limit
+            "max_queue": self.max_queue, "overloaded": admission.overloaded, "limit": limit
         }
         now = time.monotonic()
         if self._reserved >= limit:
-            if self.overloaded:
-                self._refused_at = now
+            admission.refused(now, queue_full=self._reserved >= self.max_queue)
+            detail["overloaded"] = admission.overloaded
             raise QueueFullError(f"model {self.name!r} queue is full", detail)
-        if self.overloaded:
-            start, window = self.expected_start_s(now), self.admission_window_s()
+        if admission.overloaded:
+            start, window = self.expected_start_s(now), admission.window_s()
             if start is not None and window is not None and start > window:
-                self._refused_at = now
+                admission.refused(now, queue_full=False)
                 detail["expected_start_ms"] = round(1000 * start, 1)
                 raise QueueFullError(
                     f"model {self.name!r} is overloaded: no instance is free in time", detail
                 )
 
     def expected_start_s(self, now: float) -> float | None:
-        """Seconds until a request admitted now would start running, from the moving averages:
-        the first instance free, plus the admitted work ahead of it spread over the instances."""
-        if self._item_s is None:
-            return None
-        # Per item, not per batch: batches shrink once admission is limited, and an average
-        # of the earlier, larger ones would see every instance busy for far too long.
-        free_in = min(
-            max(0.0, inst.running_since + inst.running_items * self._item_s - now)
-            if inst.running_since is not None
-            else 0.0
-            for inst in self._instances
+        """Seconds until a request admitted now would start running."""
+        return self.admission.expected_start_s(
+            now,
+            ((inst.running_since, inst.running_items) for inst in self._instances),
+            len(self._instances),
+            self._reserved,
         )
-        return free_in + self._reserved * self._item_s / len(self._instances)
-
-    def admission_window_s(self) -> float | None:
-        """While overloaded, admit what would start within this: its pre-processing time (the
-        wait hides behind it) and a quarter of a frame's run (slack, so instances stay fed)."""
-        if self._pre_s is None or self._item_s is None:
-            return None
-        return self._pre_s + self._item_s / 4
 
     async def submit(
         self, slot: Slot, payload: In, deadline: float | None = None
@@ -195,8 +177,7 @@ class Batcher(Generic[In, Out]):
             raise DeadlineExceededError("deadline passed before inference started")
         future: asyncio.Future[tuple[Out, RunTiming]] = asyncio.get_running_loop().create_future()
         now = time.monotonic()
-        pre = now - slot.reserved_at
-        self._pre_s = pre if self._pre_s is None else 0.8 * self._pre_s + 0.2 * pre
+        self.admission.observe_pre(now - slot.reserved_at)
         self._items.append(_Item(payload, future, now, deadline, slot))
         self._nonempty.set()
         try:
@@ -231,13 +212,8 @@ class Batcher(Generic[In, Out]):
             task.add_done_callback(self._runs.discard)
 
     async def _take(self, timeout: float | None) -> _Item[In, Out] | None:
-        idle = not self._items and not self._reserved
-        if idle and self.overloaded and not self._refused_lately():
-            # An instance with no work anywhere, and nobody turned away while a frame would
-            # have run: demand is below capacity again.
-            self.overloaded = False
-            self._waiting_since = None
-            log.info("model no longer overloaded", extra={"model": self.name})
+        if not self._items and not self._reserved:
+            self.admission.idle(time.monotonic())
         while not self._items:
             self._nonempty.clear()
             try:
@@ -263,7 +239,7 @@ class Batcher(Generic[In, Out]):
                 break
             batch.append(item)
         now = time.monotonic()
-        self._watch_standing(now - batch[0].enqueued_at, now)
+        self.admission.batch_started(now - batch[0].enqueued_at, now)
         live = []
         for item in batch:
             item.slot.release()
@@ -277,27 +253,6 @@ class Batcher(Generic[In, Out]):
                 continue
             live.append(item)
         return live
-
-    def _refused_lately(self) -> bool:
-        return self._refused_at is not None and (
-            time.monotonic() - self._refused_at < (self._item_s or 0.0)
-        )
-
-    def _watch_standing(self, waited_s: float, now: float) -> None:
-        """CoDel's test: the oldest item of every batch for ``standing_queue_s`` waited longer
-        than a batch takes to run."""
-        if not self.standing_queue_s or self._run_s is None or waited_s <= self._run_s:
-            self._waiting_since = None
-            return
-        if self._waiting_since is None:
-            self._waiting_since = now
-        elif now - self._waiting_since >= self.standing_queue_s and not self.overloaded:
-            self.overloaded = True
-            self.overload_episodes += 1
-            log.warning(
-                "model overloaded: a standing queue; admitting only requests due to start",
-                extra={"model": self.name, "waited_ms": round(waited_s * 1000, 1)},
-            )
 
     async def _run(self, instance: Instance[In, Out], batch: list[_Item[In, Out]]) -> None:
         instance.running_since = time.monotonic()
@@ -340,9 +295,7 @@ class Batcher(Generic[In, Out]):
         else:
             self.last_completed_at = time.monotonic()
             ran = self.last_completed_at - started
-            self._run_s = ran if self._run_s is None else 0.8 * self._run_s + 0.2 * ran
-            per_item = ran / len(batch)
-            self._item_s = per_item if self._item_s is None else 0.8 * self._item_s + 0.2 * per_item
+            self.admission.observe_run(ran, len(batch))
             for item, out in zip(batch, outputs, strict=True):
                 if not item.future.done():
                     item.future.set_result(

@@ -165,9 +165,14 @@ class LimitSettings:
     idle_timeout_s: float = 15.0
     max_header_bytes: int = 8190  # one header line (request line, or name + value)
     max_headers: int = 64  # header lines per request
+    # A request refused before its body was read (503, 404, 415...) whose declared body is at
+    # most this big is read and discarded first, so a keep-alive client reads its answer
+    # instead of a reset; a bigger or chunked one gets its answer with the connection closed.
+    refusal_drain_bytes: int = 8 * 1024 * 1024
 
     def validate(self, where: str) -> None:
         _check(self.max_body_bytes >= 1024, f"{where}.max_body_bytes", "must be >= 1024")
+        _check(self.refusal_drain_bytes >= 0, f"{where}.refusal_drain_bytes", "must be >= 0")
         _check(self.max_image_pixels >= 1, f"{where}.max_image_pixels", "must be >= 1")
         _check(self.body_timeout_s > 0, f"{where}.body_timeout_s", "must be > 0")
         _check(self.idle_timeout_s > 0, f"{where}.idle_timeout_s", "must be > 0")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import StreamReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from agent.errors import (
     AdminDisabledError,
@@ -106,12 +108,38 @@ def edge_error_response(request: web.Request, exc: EdgeError) -> web.Response:
     return resp
 
 
+async def _settle_unread_body(request: web.Request, resp: web.StreamResponse) -> None:
+    """A refusal answered before the body was read: a client that sends the whole body before
+    reading the answer (most do) would see the connection reset when it closes with its data
+    unread. A declared body up to ``limits.refusal_drain_bytes`` (a camera frame) is read and
+    discarded, within ``limits.body_timeout_s``, and the connection kept; anything else (bigger,
+    chunked, too slow) is answered with ``Connection: close``."""
+    if resp.keep_alive is False or not request.body_exists or request.content.is_eof():
+        return
+    limits = request.app[keys.SETTINGS].limits
+    length = request.content_length
+    if length is None or length > limits.refusal_drain_bytes:
+        resp.force_close()
+        return
+    try:
+        await asyncio.wait_for(_discard(request.content), limits.body_timeout_s)
+    except (asyncio.TimeoutError, ConnectionError, HttpProcessingError):
+        resp.force_close()
+
+
+async def _discard(stream: StreamReader) -> None:
+    while await stream.readany():
+        pass
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except EdgeError as exc:
-        return edge_error_response(request, exc)
+        resp = edge_error_response(request, exc)
+        await _settle_unread_body(request, resp)
+        return resp
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

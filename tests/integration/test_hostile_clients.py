@@ -17,6 +17,7 @@ LIMITS = {
     "EDGE_AGENT_LIMITS__BODY_TIMEOUT_S": "1",
     "EDGE_AGENT_LIMITS__IDLE_TIMEOUT_S": "1.5",
     "EDGE_AGENT_LIMITS__MAX_BODY_BYTES": str(1024 * 1024),
+    "EDGE_AGENT_LIMITS__REFUSAL_DRAIN_BYTES": str(600 * 1024),
 }
 DETECT = "/v1/models/tiny/detect"
 
@@ -251,3 +252,36 @@ async def test_a_non_ascii_bearer_token_is_401_not_500(tmp_path):
             assert strict_json(body)["error"] == "a valid bearer token is required"
     finally:
         d.stop()
+
+
+async def test_a_refused_frame_is_read_and_discarded_so_the_client_reads_its_answer(daemon):
+    """Refused before its body was read (an unknown model: 404; a full queue's 503 alike): a
+    frame-sized body is read and thrown away, the client (which sends the whole body before
+    it reads) gets its answer, and the connection serves the next request. A body over
+    limits.refusal_drain_bytes gets its answer with the connection closed."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+    frame = image_bytes("coffee-600x400.jpg")
+    body = frame + b"\0" * (500 * 1024 - len(frame))  # 500 KB: more than socket buffers hold
+    writer.write(f"POST /v1/models/nope/detect HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg"
+                 f"\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    await writer.drain()
+    status, headers, answer = await read_response(reader)
+    assert status == 404, answer
+    assert headers.get("connection", "").lower() != "close"
+    writer.write(f"POST {DETECT} HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                 f"Content-Length: {len(frame)}\r\n\r\n".encode() + frame)
+    await writer.drain()
+    status, _, answer = await read_response(reader)
+    assert status == 200, answer  # the same connection, after the refusal
+    writer.close()
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+    big = b"\xff" * (900 * 1024)
+    writer.write(f"POST /v1/models/nope/detect HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg"
+                 f"\r\nContent-Length: {len(big)}\r\n\r\n".encode())
+    await writer.drain()
+    status, headers, answer = await read_response(reader)
+    assert status == 404, answer
+    assert headers.get("connection", "").lower() == "close"
+    writer.close()
+    await still_serves(daemon)

@@ -208,25 +208,31 @@ async def _submit_reserved(b: Batcher[int, int], slot, value: int):
         slot.release()
 
 
-async def test_a_standing_queue_limits_admission_until_idle():
-    b = make(Model(delay=0.02), max_batch=1, max_queue=16, standing_queue_s=0.05)
+async def test_a_standing_queue_that_fills_up_limits_admission_until_idle():
+    b = make(Model(delay=0.02), max_batch=1, max_queue=8, standing_queue_s=0.05)
     await submit(b, 0)  # one run: the batcher now knows how long a run takes
-    tasks = await _fill(b, 10)  # ~200 ms of work: every batch waits longer than one run
-    for _ in range(100):
+    tasks = await _fill(b, 8)  # ~160 ms of work: every batch waits longer than one run
+    refusals = 0
+    for _ in range(100):  # frames keep arriving faster than they are served (open loop)
         if b.overloaded:
             break
-        await asyncio.sleep(0.01)
+        try:
+            tasks.append(asyncio.create_task(_submit_reserved(b, b.reserve(), 7)))
+        except QueueFullError:
+            refusals += 1
+        await asyncio.sleep(0.005)
     assert b.overloaded
+    assert refusals > 0  # the queue filled up: demand it cannot hold
     assert b.overload_episodes == 1
     assert b.depth > 1  # already admitted work is kept and served...
     with pytest.raises(QueueFullError) as refused:
         b.reserve()  # ...but nothing more may wait behind it (a batch per instance at most)
-    assert refused.value.detail == {"max_queue": 16, "overloaded": True, "limit": 1}
+    assert refused.value.detail == {"max_queue": 8, "overloaded": True, "limit": 1}
     await asyncio.gather(*tasks)
     await asyncio.sleep(0.05)
     await submit(b, 99)  # an instance found no work: the overload is over
     assert not b.overloaded
-    more = await _fill(b, 5)  # the full max_queue absorbs bursts again
+    more = await _fill(b, 8)  # the full max_queue absorbs bursts again
     await asyncio.gather(*more)
     await b.close(1)
 
@@ -250,8 +256,8 @@ async def test_while_overloaded_a_request_is_admitted_only_when_due_to_start():
     # The moving averages set by hand: a frame runs 50 ms, pre-processing takes 10 ms, so the
     # admission window is 10 + 50 / 4 = 22.5 ms.
     b = make(Model(), max_batch=1, max_queue=16)
-    b.overloaded = True
-    b._item_s, b._pre_s, b._run_s = 0.05, 0.01, 0.05
+    b.admission.overloaded = True
+    b.admission.item_s, b.admission.pre_s, b.admission.run_s = 0.05, 0.01, 0.05
     inst = b._instances[0]
     inst.running_items = 1
     inst.running_since = time.monotonic() - 0.01  # 40 ms still to run: too early
@@ -262,7 +268,7 @@ async def test_while_overloaded_a_request_is_admitted_only_when_due_to_start():
     inst.running_since = time.monotonic() - 0.04  # 10 ms to run: in time, admitted
     slot = b.reserve()
     # One admitted and not yet running: the next would start a whole frame later.
-    assert b.expected_start_s(time.monotonic()) > b.admission_window_s()
+    assert b.expected_start_s(time.monotonic()) > b.admission.window_s()
     inst.running_since = None
     slot.release()
     await b.close(1)
@@ -271,15 +277,35 @@ async def test_while_overloaded_a_request_is_admitted_only_when_due_to_start():
 async def test_overload_ends_only_when_an_instance_idles_with_nobody_turned_away():
     b = make(Model(delay=0.02), max_batch=1, max_queue=16)
     await submit(b, 0)
-    b.overloaded = True
-    b._item_s = 10.0  # a refusal counts as recent for 10 s
-    b._refused_at = time.monotonic()
+    b.admission.overloaded = True
+    b.admission.item_s = 10.0  # a refusal counts as recent for 10 s
+    b.admission.refused(time.monotonic(), queue_full=False)
     await submit(b, 1)  # the instance finds no work after it...
     await asyncio.sleep(0.05)
     await submit(b, 2)
     assert b.overloaded  # ...but a request was just turned away: demand is still there
-    b._refused_at = time.monotonic() - 11
+    b.admission.refused(time.monotonic() - 11, queue_full=False)
     await submit(b, 3)
     await asyncio.sleep(0.05)  # the instance comes back and looks for work
     assert not b.overloaded
+    await b.close(1)
+
+
+async def test_cameras_in_a_closed_loop_as_many_as_max_queue_are_never_refused():
+    """Each client posts its next item when the last is answered: the queue stands (every
+    batch waits several runs) but never fills, so it is not overload, however slow the runs."""
+    b = make(Model(delay=0.01), max_batch=1, max_queue=6, standing_queue_s=0.02)
+    refused: list[dict] = []
+
+    async def camera(n: int) -> None:
+        for i in range(15):
+            try:
+                await submit(b, n * 100 + i)
+            except QueueFullError as exc:
+                refused.append(exc.detail)
+
+    await asyncio.gather(*(camera(n) for n in range(6)))
+    assert refused == []
+    assert not b.overloaded
+    assert b.overload_episodes == 0
     await b.close(1)

@@ -1,0 +1,76 @@
+"""Cameras in a closed loop, as many as ``max_queue``, against a real daemon process on a busy
+machine: each posts its next frame when the answer to the last arrives. The queue stands (every
+frame waits for the others' runs), but never fills: none of them may ever get a 503, also
+with another process busy on every core. (Open-loop overload is still shed: test_overload.)"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+
+import aiohttp
+from lifecycle_helpers import samples
+from support import Daemon
+
+from inference.bundled import BUNDLE_ROOT
+
+MAX_QUEUE = 6
+FRAMES_EACH = 12
+FRAME = (BUNDLE_ROOT / "defects" / "golden" / "000.jpg").read_bytes()
+
+
+def cpu_hogs() -> list[subprocess.Popen[bytes]]:
+    """A busy loop on every core this process may use (they end with the test)."""
+    return [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(len(os.sched_getaffinity(0)))
+    ]
+
+
+async def test_max_queue_closed_loop_cameras_get_no_503_on_a_busy_machine(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({
+        "models": [{"name": "defects", "bundled": "defects"}],
+        # The default standing-queue interval (250 ms) is far shorter than the wait of a
+        # frame behind five others on a contended CPU: the queue stands the whole time.
+        "batching": {"max_queue": MAX_QUEUE, "max_batch": 1},
+        "runtime": {"intra_op_threads": 1},
+        "validate_golden": False,
+    }))
+    d = Daemon(["--config", str(config), "--state-dir", str(tmp_path / "state")])
+    hogs: list[subprocess.Popen[bytes]] = []
+    try:
+        await d.wait_ready()
+        hogs = cpu_hogs()
+        statuses: list[int] = []
+        refusals: list[str] = []
+        url = d.url + "/v1/models/defects/detect"
+
+        async def camera(http: aiohttp.ClientSession) -> None:
+            for _ in range(FRAMES_EACH):
+                async with http.post(url, data=FRAME,
+                                     headers={"Content-Type": "image/jpeg"}) as resp:
+                    statuses.append(resp.status)
+                    body = await resp.read()
+                    if resp.status != 200:
+                        refusals.append(body.decode(errors="replace"))
+
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            await asyncio.gather(*(camera(http) for _ in range(MAX_QUEUE)))
+            async with http.get(d.url + "/metrics") as resp:
+                metrics = await resp.text()
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+        d.stop()
+    assert len(statuses) == MAX_QUEUE * FRAMES_EACH
+    assert refusals == [], refusals[:3]
+    # It was a standing queue all along, and still not called overload.
+    events = {dict(labels)["event"]: value for (name, labels), value in samples(metrics).items()
+              if name == "edge_batcher_events_total"}
+    assert events["overload"] == 0, events
