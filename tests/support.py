@@ -280,15 +280,25 @@ def docker_engine(*flags: str, start_timeout: float = 60) -> Iterator[dict[str, 
             time.sleep(0.5)
         yield env
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 30)
         log.close()
-        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
-        for target in sorted(mounts, reverse=True):  # the deepest first
-            if target.startswith(f"{base}/"):
-                subprocess.run(["umount", "-l", target], capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+        unmount_and_remove(base)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def unmount_and_remove(base: Path) -> None:
+    """Unmount whatever a daemon left mounted under ``base`` (the deepest first), remove it."""
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for target in sorted(mounts, reverse=True):
+        if target.startswith(f"{base}/"):
+            subprocess.run(["umount", "-l", target], capture_output=True)
+    shutil.rmtree(base, ignore_errors=True)

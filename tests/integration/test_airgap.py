@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from support import docker_engine, free_port, require
+from support import docker_engine, free_port, require, stop_process, unmount_and_remove
 
 pytestmark = pytest.mark.system
 
@@ -131,18 +131,9 @@ def containerd_of_its_own() -> Iterator[list[str]]:
             time.sleep(0.2)
         yield ctr
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 30)
         log.close()
-        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
-        for target in sorted(mounts, reverse=True):
-            if target.startswith(f"{base}/"):
-                subprocess.run(["umount", "-l", target], capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+        unmount_and_remove(base)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import TINY_MODEL, Daemon, free_port, image_bytes, require
+from support import TINY_MODEL, Daemon, free_port, image_bytes, require, stop_process
 
 
 @pytest.fixture
@@ -50,11 +50,7 @@ def prometheus(tmp_path: Path, daemon: Daemon) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, 10)
 
 
 async def query(http: aiohttp.ClientSession, url: str, promql: str) -> list[dict]:
