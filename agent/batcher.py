@@ -60,6 +60,24 @@ class Slot:
             self._batcher._reserved -= 1
 
 
+class Ticket:
+    """A request admitted to this batcher, its body still arriving: it may still reserve its
+    slot here after a swap has started draining the batcher (the answer comes from the version
+    it was admitted to), and the drain waits for it. Released exactly once (reserving uses it)."""
+
+    __slots__ = ("_batcher", "_held")
+
+    def __init__(self, batcher: Batcher[Any, Any]) -> None:
+        self._batcher = batcher
+        self._held = True
+        batcher._tickets += 1
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._batcher._tickets -= 1
+
+
 @dataclass
 class _Item(Generic[In, Out]):
     payload: In
@@ -105,6 +123,7 @@ class Batcher(Generic[In, Out]):
         for inst in instances:
             self._idle.put_nowait(inst)
         self._reserved = 0
+        self._tickets = 0  # admitted, not yet reserved (bodies still arriving)
         self._on_depth = on_depth  # sees every new depth: a window maximum misses no spike
         self._closing = False
         self._runs: set[asyncio.Task[None]] = set()
@@ -120,8 +139,17 @@ class Batcher(Generic[In, Out]):
         """Requests admitted and not yet running (pre-processing or queued)."""
         return self._reserved
 
-    def reserve(self) -> Slot:
+    def admit(self) -> Ticket:
+        """Admission before the body is read: raises what :meth:`reserve` would raise now."""
         self.check_room()
+        return Ticket(self)
+
+    def reserve(self, ticket: Ticket | None = None) -> Slot:
+        """A slot in the queue; with a ``ticket`` from this batcher, also while it drains."""
+        admitted = ticket is not None and ticket._batcher is self and ticket._held
+        self.check_room(admitted)
+        if ticket is not None:
+            ticket.release()
         self._reserved += 1
         if self._on_depth is not None:
             self._on_depth(self._reserved)
@@ -135,9 +163,10 @@ class Batcher(Generic[In, Out]):
     def overload_episodes(self) -> int:
         return self.admission.episodes
 
-    def check_room(self) -> None:
-        """Raise the error :meth:`reserve` would raise now, without reserving."""
-        if self._closing:
+    def check_room(self, admitted: bool = False) -> None:
+        """Raise the error :meth:`reserve` would raise now, without reserving. ``admitted``:
+        for a request admitted earlier, which a drain still takes."""
+        if self._closing and not admitted:
             raise DrainingError(f"model {self.name!r} is shutting down")
         admission = self.admission
         limit = admission.limit(self.max_queue, len(self._instances), self.max_batch)
@@ -310,8 +339,9 @@ class Batcher(Generic[In, Out]):
         cannot be interrupted, so the caller should not wait for it at exit."""
         self._closing = True
         end = time.monotonic() + timeout
-        # Reserved slots too: a request still pre-processing will submit in a moment.
-        while (self._items or self._runs or self._reserved) and (
+        # Reserved slots too: a request still pre-processing will submit in a moment; and
+        # admitted ones whose body is still arriving (bounded by limits.body_timeout_s).
+        while (self._items or self._runs or self._reserved or self._tickets) and (
             remaining := end - time.monotonic()
         ) > 0:
             if self._runs:

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from agent.batcher import RunTiming
+from agent.batcher import RunTiming, Ticket
 from agent.errors import (
     BadRequestError,
     DrainingError,
@@ -185,9 +185,13 @@ class ModelService:
             raise ModelNotFoundError(f"no model named {name!r}", {"models": sorted(self.models)})
         return model
 
-    def admit(self, name: str, kind: str, version: str | None = None) -> VersionRecord:
+    def admit(
+        self, name: str, kind: str, version: str | None = None
+    ) -> tuple[VersionRecord, Ticket]:
         """The record a request of ``kind`` (for ``version``, if it names one) will be served
-        by, checked once, before the body is read: fails fast when it cannot be served."""
+        by, checked once, before the body is read: fails fast when it cannot be served. The
+        ticket keeps that version's queue open for it through a swap (release it if the
+        request ends before :meth:`detect` or :meth:`infer` takes it)."""
         model = self.get(name)
         record = model.active
         check_version(model, record, version)
@@ -208,8 +212,7 @@ class ModelService:
                 f"model {name!r} is {model.state.value}",
                 {"state": model.state.value, "error": model.error},
             )
-        record.batcher.check_room()
-        return record
+        return record, record.batcher.admit()
 
     async def detect(
         self,
@@ -221,6 +224,7 @@ class ModelService:
         max_det: int | None = None,
         deadline_s: float | None = None,
         received_at: float | None = None,
+        ticket: Ticket | None = None,
     ) -> DetectResult:
         """One image through ``record``'s version (admitted for "yolov8")."""
         received_at = time.monotonic() if received_at is None else received_at
@@ -234,7 +238,7 @@ class ModelService:
         deadline = self._deadline(record, received_at, deadline_s)
         batcher = record.batcher
         loop = asyncio.get_running_loop()
-        slot = batcher.reserve()
+        slot = batcher.reserve(ticket)
         try:
             t0 = time.monotonic()
             prepared: PreparedImage = await loop.run_in_executor(
@@ -270,13 +274,14 @@ class ModelService:
         *,
         deadline_s: float | None = None,
         received_at: float | None = None,
+        ticket: Ticket | None = None,
     ) -> InferResult:
         """One Open Inference Protocol request through ``record``'s queue (admitted for
         "tensor")."""
         received_at = time.monotonic() if received_at is None else received_at
         tensors = cast(TensorModel, record.runner).validate(inputs)
         deadline = self._deadline(record, received_at, deadline_s)
-        slot = record.batcher.reserve()
+        slot = record.batcher.reserve(ticket)
         try:
             outputs, run = await record.batcher.submit(slot, tensors, deadline)
         finally:

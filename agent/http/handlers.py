@@ -38,17 +38,21 @@ async def detect(request: web.Request) -> web.Response:
     limits = settings.limits
     check_headers(request, limits.max_body_bytes)
     # Admitted once: the answer names the version that computed it, whatever swaps meanwhile.
-    record = service.admit(name, "yolov8")
-    image = await read_image(request, limits.max_body_bytes, limits.body_timeout_s)
-    result = await service.detect(
-        record,
-        image,
-        conf=conf,
-        iou=iou,
-        max_det=max_det,
-        deadline_s=deadline_s,
-        received_at=received_at,
-    )
+    record, ticket = service.admit(name, "yolov8")
+    try:
+        image = await read_image(request, limits.max_body_bytes, limits.body_timeout_s)
+        result = await service.detect(
+            record,
+            image,
+            conf=conf,
+            iou=iou,
+            max_det=max_det,
+            deadline_s=deadline_s,
+            received_at=received_at,
+            ticket=ticket,
+        )
+    finally:
+        ticket.release()
     request[keys.TIMING] = result.timing_s
     if settings.log_requests:
         log.info(

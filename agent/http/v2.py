@@ -72,19 +72,22 @@ async def infer(request: web.Request) -> web.Response:
     deadline_s = deadline_from(request)
     check_length(request, settings.limits.max_body_bytes)
     # Admitted once: the answer names the version that computed it, whatever swaps meanwhile.
-    record = service.admit(name, "tensor", request.match_info.get("version"))
-    body = await read_body(
-        request, settings.limits.max_body_bytes, settings.limits.body_timeout_s
-    )
-    # A JSON body of megabytes takes a while to parse: not on the event loop.
-    parsed = await asyncio.get_running_loop().run_in_executor(
-        app[keys.PREPOST_POOL], parse_infer_request, body, request.headers.get(HEADER_LENGTH)
-    )
-    _, specs = record.signature()
-    wanted = select_outputs(parsed, specs)
-    result = await service.infer(
-        record, parsed.inputs, deadline_s=deadline_s, received_at=received_at
-    )
+    record, ticket = service.admit(name, "tensor", request.match_info.get("version"))
+    try:
+        body = await read_body(
+            request, settings.limits.max_body_bytes, settings.limits.body_timeout_s
+        )
+        # A JSON body of megabytes takes a while to parse: not on the event loop.
+        parsed = await asyncio.get_running_loop().run_in_executor(
+            app[keys.PREPOST_POOL], parse_infer_request, body, request.headers.get(HEADER_LENGTH)
+        )
+        _, specs = record.signature()
+        wanted = select_outputs(parsed, specs)
+        result = await service.infer(
+            record, parsed.inputs, deadline_s=deadline_s, received_at=received_at, ticket=ticket
+        )
+    finally:
+        ticket.release()
     request[keys.TIMING] = result.timing_s
     timing = {f"{k}_ms": round(v * 1000, 3) for k, v in result.timing_s.items()}
     payload, header_length = encode_infer_response(

@@ -309,3 +309,35 @@ async def test_cameras_in_a_closed_loop_as_many_as_max_queue_are_never_refused()
     assert not b.overloaded
     assert b.overload_episodes == 0
     await b.close(1)
+
+
+async def test_a_request_admitted_before_a_drain_is_still_served_by_its_batcher():
+    """A swap drains the old version's queue while a request admitted to it is still reading
+    its body: that request runs there (its answer names the version it was admitted to), the
+    drain waits for it, and nothing new is taken."""
+    b = make(Model())
+    ticket = b.admit()
+    closing = asyncio.create_task(b.close(5))
+    await asyncio.sleep(0.05)
+    assert not closing.done()  # waiting for the admitted request
+    with pytest.raises(DrainingError):
+        b.reserve()
+    slot = b.reserve(ticket)
+    try:
+        result, _ = await b.submit(slot, 4)
+    finally:
+        slot.release()
+    assert result == 40
+    assert await closing is True
+
+
+async def test_a_released_ticket_lets_the_drain_finish():
+    b = make(Model())
+    ticket = b.admit()
+    closing = asyncio.create_task(b.close(5))
+    await asyncio.sleep(0.02)
+    ticket.release()  # the request ended before it reached the queue (a bad body)
+    ticket.release()  # once only
+    assert await asyncio.wait_for(closing, 5) is True
+    with pytest.raises(DrainingError):
+        b.reserve(ticket)  # a used ticket admits nothing
