@@ -24,7 +24,9 @@ import pytest
 from readme_commands import PROJECT, serve_command
 from support import cache_dir, free_port, require
 
-pytestmark = pytest.mark.system
+# A cold cache pays for debootstrap (up to 900 s allowed) and pip's downloads (600 s): more than
+# the suite's default 300 s per test on a busy machine.
+pytestmark = [pytest.mark.system, pytest.mark.timeout(1800)]
 
 PACKAGES = "python3,python3-venv,git,curl,ca-certificates"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
