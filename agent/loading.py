@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -77,8 +76,7 @@ class LoadedVersion:
     def instances(self) -> int:
         return len(self.runners)
 
-    def record(self, cfg: ModelSettings, spec: VersionSpec, rollout: str = "",
-               score: float | None = None) -> VersionRecord:
+    def record(self, cfg: ModelSettings, spec: VersionSpec, rollout: str = "") -> VersionRecord:
         """The complete record of this version, ready to publish: settings override the
         version's own thresholds (its sidecar's), explicitly, field by field."""
         adapter = kind_adapters()[self.kind]
@@ -100,8 +98,6 @@ class LoadedVersion:
             batcher=self.batcher,
             defaults=defaults,
             rollout=rollout,
-            score=score,
-            scored_at=None if score is None else time.monotonic(),
         )
 
 

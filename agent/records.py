@@ -17,7 +17,7 @@ from typing import Any
 from agent.batcher import Batcher
 from agent.kinds import KindAdapter, Signature
 from agent.settings import ModelSettings
-from inference.kinds import AUTO, Servable
+from inference.kinds import Servable
 from inference.yolo import Thresholds
 
 
@@ -87,7 +87,7 @@ class Model:
     @property
     def kind(self) -> str:
         """The active version's kind; before one loads, the settings' (maybe "auto")."""
-        return self.active.kind.name if self.active is not None else self.settings.kind or AUTO
+        return self.active.kind.name if self.active is not None else self.settings.kind
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind, "version": "", "digest": "",
