@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -87,7 +87,7 @@ class _Item(Generic[In, Out]):
     slot: Slot
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity
 class Instance(Generic[In, Out]):
     """One model session and the single thread that runs it."""
 
@@ -95,6 +95,7 @@ class Instance(Generic[In, Out]):
     executor: ThreadPoolExecutor
     running_since: float | None = field(default=None)
     running_items: int = 0  # the size of the batch running now
+    retired: bool = False  # replaced (:meth:`Batcher.relayout`): ends after its run
 
 
 class Batcher(Generic[In, Out]):
@@ -130,6 +131,15 @@ class Batcher(Generic[In, Out]):
         self._dispatcher = asyncio.create_task(self._dispatch(), name=f"batcher-{name}")
         self.failed_batches = 0
         self.expired = 0
+        self.relayouts = 0
+        self._retired: set[Instance[In, Out]] = set()  # replaced, their threads not yet ended
+        # Sees every batch as it starts, and whether it was contended (another run going, or
+        # its oldest item had to wait for an instance): the thread layout's signal.
+        self.on_batch_start: Callable[[float, bool], None] | None = None
+        self.on_close: Callable[[], Awaitable[None]] | None = None
+        self.on_retired: Callable[[], None] | None = None  # the last replaced instance ended
+        # How the instances use the cores, for /v1/models (agent.thread_layout keeps it true).
+        self.threads: dict[str, Any] = {"layout": "fixed", "instances": len(instances)}
         # When a batch last came back from the model: the proof, for liveness, that it answers.
         self.last_completed_at = time.monotonic()
 
@@ -225,6 +235,27 @@ class Batcher(Generic[In, Out]):
         return now - min(started) if started else 0.0
 
     @property
+    def instances(self) -> int:
+        return len(self._instances)
+
+    def relayout(self, instances: list[Instance[In, Out]]) -> None:
+        """Serve on ``instances`` from now on: the current ones finish the batch they run (if
+        any) and end, so no request waits for the change or is lost to it."""
+        if not instances:
+            raise ValueError("a batcher needs at least one instance")
+        if self._closing:
+            for inst in instances:
+                inst.executor.shutdown(wait=False)
+            return
+        for inst in self._instances:
+            inst.retired = True
+            self._retired.add(inst)
+        self._instances = instances
+        for inst in instances:
+            self._idle.put_nowait(inst)
+        self.relayouts += 1
+
+    @property
     def busy(self) -> bool:
         return bool(self._items) or any(i.running_since is not None for i in self._instances)
 
@@ -232,7 +263,10 @@ class Batcher(Generic[In, Out]):
     async def _dispatch(self) -> None:
         while True:
             instance = await self._idle.get()
-            batch = await self._collect()
+            if instance.retired:  # idle when it was replaced: nothing to finish
+                self._end(instance)
+                continue
+            batch = await self._collect()  # replaced meanwhile: it still runs this batch
             if not batch:
                 self._idle.put_nowait(instance)
                 continue
@@ -268,7 +302,14 @@ class Batcher(Generic[In, Out]):
                 break
             batch.append(item)
         now = time.monotonic()
-        self.admission.batch_started(now - batch[0].enqueued_at, now)
+        waited = now - batch[0].enqueued_at
+        self.admission.batch_started(waited, now)
+        if self.on_batch_start is not None:
+            run_s = self.admission.run_s
+            others = any(i.running_since is not None for i in self._instances)
+            self.on_batch_start(
+                now, others or bool(self._items) or (run_s is not None and waited > run_s / 4)
+            )
         live = []
         for item in batch:
             item.slot.release()
@@ -290,7 +331,17 @@ class Batcher(Generic[In, Out]):
             await self._attempt(instance, batch)
         finally:
             instance.running_since = None
-            self._idle.put_nowait(instance)
+            if instance.retired:
+                self._end(instance)
+            else:
+                self._idle.put_nowait(instance)
+
+    def _end(self, instance: Instance[In, Out]) -> None:
+        """A replaced instance has nothing left to run: its thread ends."""
+        self._retired.discard(instance)
+        instance.executor.shutdown(wait=False)
+        if not self._retired and self.on_retired is not None:
+            self.on_retired()
 
     async def _attempt(self, instance: Instance[In, Out], batch: list[_Item[In, Out]]) -> None:
         loop = asyncio.get_running_loop()
@@ -338,6 +389,8 @@ class Batcher(Generic[In, Out]):
         Returns False when a run was still going at the timeout (a wedged session): its thread
         cannot be interrupted, so the caller should not wait for it at exit."""
         self._closing = True
+        if self.on_close is not None:
+            await self.on_close()
         end = time.monotonic() + timeout
         # Reserved slots too: a request still pre-processing will submit in a moment; and
         # admitted ones whose body is still arriving (bounded by limits.body_timeout_s).
@@ -356,7 +409,7 @@ class Batcher(Generic[In, Out]):
                 item.future.set_exception(DrainingError("shut down before inference ran"))
         self._items.clear()
         stuck = bool(self._runs)
-        for inst in self._instances:
+        for inst in [*self._instances, *self._retired]:
             # A stuck run cannot be interrupted: do not wait for its thread, or exit would hang.
             inst.executor.shutdown(wait=not stuck, cancel_futures=True)
         if stuck:

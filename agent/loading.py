@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,11 @@ from agent.batcher import Batcher, Instance
 from agent.kinds import kind_adapters
 from agent.records import VersionRecord
 from agent.settings import ModelSettings, Settings
+from agent.thread_layout import ADAPTIVE, AdaptiveLayout, choose_layout, inference_executor
 from inference import ModelLoadError, SessionConfig, file_digest
 from inference.bundled import BUNDLE_ROOT, read_bundle
-from inference.cpu import lower_thread_priority
 from inference.kinds import AUTO, Servable, model_kinds, sniff_kind
+from inference.session import first_provider
 from inference.yolo import Thresholds
 
 
@@ -74,7 +74,7 @@ class LoadedVersion:
 
     @property
     def instances(self) -> int:
-        return len(self.runners)
+        return self.batcher.instances
 
     def record(self, cfg: ModelSettings, spec: VersionSpec, rollout: str = "") -> VersionRecord:
         """The complete record of this version, ready to publish: settings override the
@@ -135,17 +135,15 @@ async def load_version(
     loader = model_kinds()[kind]
     names = dict(enumerate(cfg.names or spec.labels)) or None
     config = session_config(settings)
+    nice = settings.runtime.worker_nice
+    layout = choose_layout(settings.runtime.thread_layout, first_provider(config), config.threads())
+    if layout is not None:  # one session, as many inference threads as the layout has
+        cores = config.threads()
+        config = dataclasses.replace(config, intra_op_threads=layout.intra_op_threads)
     # One thread per instance runs its session for good, and creates it: ONNX Runtime's pool
     # threads are started by the creating thread and inherit its (lowered) priority.
-    executors = [
-        ThreadPoolExecutor(
-            1,
-            thread_name_prefix=f"infer-{cfg.name}-{i}",
-            initializer=lower_thread_priority,
-            initargs=(settings.runtime.worker_nice,),
-        )
-        for i in range(batching.instances)
-    ]
+    executors = [inference_executor(cfg.name, i, nice)
+                 for i in range(1 if layout else batching.instances)]
     loop = asyncio.get_running_loop()
     try:
         runners: list[Servable] = [
@@ -169,13 +167,25 @@ async def load_version(
         for ex in executors:
             ex.shutdown(wait=False, cancel_futures=True)
         raise
+    adaptive = None
+    if layout is not None:
+        adaptive = AdaptiveLayout(cfg.name, runners[0], config, layout, cores, nice,
+                                  adaptive=settings.runtime.thread_layout == ADAPTIVE)
+        instances = adaptive.instances(executors[0])
+    else:
+        instances = [Instance(run=r.infer, executor=ex)
+                     for r, ex in zip(runners, executors, strict=True)]
     batcher = Batcher(
         cfg.name,
-        [Instance(run=r.infer, executor=ex) for r, ex in zip(runners, executors, strict=True)],
+        instances,
         max_batch=max_batch,
         max_delay_s=batching.max_delay_ms / 1000,
         max_queue=batching.max_queue,
         standing_queue_s=batching.standing_queue_ms / 1000,
         on_depth=on_depth,
     )
+    if adaptive is not None:
+        adaptive.attach(batcher)
+    else:
+        batcher.threads["intra_op_threads"] = runners[0].loaded.intra_op_threads
     return LoadedVersion(digest, kind, runners[0], runners, batcher)

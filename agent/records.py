@@ -68,6 +68,7 @@ class VersionRecord:
         out.update(self.kind.describe(self.runner))
         out["queue_depth"] = self.batcher.depth
         out["max_batch"] = self.batcher.max_batch
+        out["threads"] = dict(self.batcher.threads)
         return out
 
 

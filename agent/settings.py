@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.config_file import SettingsError
+from agent.thread_layout import THREAD_LAYOUTS
 from inference.bundled import BUNDLED_NAMES
 from inference.kinds import AUTO, model_kinds
 
@@ -37,7 +38,9 @@ class BatchingSettings:
     # (agent/batcher.py has the rule and when it ends). 0: off (max_queue only).
     standing_queue_ms: float = 250.0
     deadline_ms: float = 0.0  # default per-request deadline; 0 = none (X-Deadline-Ms overrides)
-    instances: int = 1  # sessions per model, each with its own inference thread
+    # Sessions per model, each with its own inference thread: where the threads are fixed
+    # (runtime.thread_layout: fixed, or an accelerator); otherwise the layout decides.
+    instances: int = 1
     # Pad every batch to max_batch images: "auto" does it on GPU providers, where any change of
     # input shape costs a cuDNN re-plan (50-600 ms a run on an H200), and not on CPU, where
     # padding is only wasted work. "on" / "off" force it.
@@ -124,6 +127,12 @@ def bundled_model_settings() -> list[ModelSettings]:
 class RuntimeSettings:
     providers: list[str] = field(default_factory=lambda: ["tensorrt", "cuda", "cpu"])
     intra_op_threads: int = 0  # 0: the cores this process may use
+    # How a CPU model uses those cores (agent/thread_layout.py): "adaptive" switches between
+    # "wide" (one run on all of them: lowest latency for one camera) and "narrow" (one
+    # single-threaded run per core at once: the most frames/s for many) by the load it sees;
+    # "wide" / "narrow" pin one; "fixed": batching.instances sessions of intra_op_threads each.
+    # Accelerators are always "fixed".
+    thread_layout: str = "adaptive"
     preprocess_threads: int = 0  # 0: the cores this process may use
     # Spin while a run is in progress (spinning always stops when the run returns): single-
     # stream p50 -8.6% on 2 vCPUs, same saturation (benchmarks/results/*-compare-spin.md).
@@ -147,6 +156,8 @@ class RuntimeSettings:
         )
         _check(self.intra_op_threads >= 0, f"{where}.intra_op_threads", "must be >= 0")
         _check(self.preprocess_threads >= 0, f"{where}.preprocess_threads", "must be >= 0")
+        _check(self.thread_layout in THREAD_LAYOUTS, f"{where}.thread_layout",
+               f"must be one of {', '.join(THREAD_LAYOUTS)}")
         _check(0 <= self.worker_nice <= 19, f"{where}.worker_nice", "must be in [0, 19]")
         _check(self.malloc_arenas >= 0, f"{where}.malloc_arenas", "must be >= 0")
         _check(

@@ -5,6 +5,7 @@ server and hide the queueing), and every answer is kept with its send time, stat
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,45 @@ async def _one(
         into.answers.append(Answer(sent, 0, time.monotonic() - sent, repr(exc)))
 
 
+RETRY_AT_ONCE, RETRY_AFTER = "at once", "Retry-After"
+
+
+async def closed_loop(
+    http: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    cameras: int,
+    duration_s: float,
+    into: Load,
+    retry: str = RETRY_AFTER,
+) -> None:
+    """``cameras`` cameras, each posting its next frame when the answer to the last arrives.
+    A refused frame (503, or a failed connection) is sent again: ``RETRY_AT_ONCE`` as a simple
+    camera loop does, or ``RETRY_AFTER`` waiting what the 503's ``Retry-After`` says (capped at
+    a second; a failed connection waits 50 ms). Every answer is kept, refusals included."""
+
+    async def camera() -> None:
+        end = time.monotonic() + duration_s
+        while (sent := time.monotonic()) < end:
+            wait = 0.0
+            try:
+                async with http.post(url, data=body, headers=headers) as resp:
+                    payload = await resp.read()
+                    status = resp.status
+                    reason = "" if status < 400 else payload.decode(errors="replace")[:200]
+                    if status == 503 and retry == RETRY_AFTER:
+                        wait = min(1.0, float(resp.headers.get("Retry-After", "0") or 0))
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                status, reason = 0, repr(exc)
+                wait = 0.05 if retry == RETRY_AFTER else 0.0
+            into.answers.append(Answer(sent, status, time.monotonic() - sent, reason))
+            if wait:
+                await asyncio.sleep(wait)
+
+    await asyncio.gather(*(camera() for _ in range(cameras)))
+
+
 async def capacity(
     http: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str],
     duration_s: float = 3.0, clients: int = 2,
@@ -89,6 +129,13 @@ async def capacity(
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
+
+
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """CPU time (user + system) of a process, or of one of its threads (``tid``)."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def proc_stats(pid: int) -> dict[str, int]:

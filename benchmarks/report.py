@@ -23,10 +23,11 @@ class Target:
 class Report:
     machine: dict[str, str]
     single: dict[str, list[float]] = field(default_factory=dict)
-    raw_throughput: dict[str, float] = field(default_factory=dict)
+    floor: dict[str, Any] = field(default_factory=dict)  # benchmarks.bare, per-core sessions
+    bare: dict[str, Any] = field(default_factory=dict)  # benchmarks.bare, the daemon's layout
     sweep: list[dict[str, float]] = field(default_factory=list)
-    sweep_instances: list[dict[str, float]] = field(default_factory=list)
-    instances_p50: float = 0.0
+    closed_loop: list[dict[str, Any]] = field(default_factory=list)
+    bundled_peak_rss: int = 0
     targets: list[Target] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -54,15 +55,29 @@ def render(report: Report, model: Path, frame: Path, rounds: int) -> str:
         value = "—" if t.measured is None else f"{t.measured:.2f}"
         met = "—" if t.met is None else ("yes" if t.met else "**no**")
         lines.append(f"| {t.figure} | {value} | {t.target} | {met} | {t.note} |")
-    lines += ["", "| raw ORT throughput | frames/s |", "|---|---|"]
-    lines += [f"| {k} | {v:.1f} |" for k, v in report.raw_throughput.items()]
-    lines += ["", *_sweep_table(report.sweep)]
-    if report.sweep_instances:
-        lines += ["", "Same sweep, one single-threaded detector session per core "
-                  "(`batching.instances`, `runtime.intra_op_threads: 1`):", "",
-                  *_sweep_table(report.sweep_instances)]
+    if report.floor:
+        lines += ["", f"In-process pipeline floor (decode + letterbox + run, one thread per core, "
+                  f"no HTTP): {report.floor['fps']:.1f} frames/s, peak RSS "
+                  f"{report.floor['peak_rss'] / 2**20:.0f} MiB with one session per core, "
+                  f"{report.bare['fps']:.1f} frames/s and "
+                  f"{report.bare['peak_rss'] / 2**20:.0f} MiB with one shared session."]
+    if report.closed_loop:
+        lines += ["", "Closed-loop cameras (each posts its next frame when the answer arrives):",
+                  "", *_closed_loop_table(report.closed_loop)]
+    lines += ["", "Open-loop cameras:", "", *_sweep_table(report.sweep)]
     lines += [""] + [f"- {n}" for n in report.notes]
     return "\n".join(lines) + "\n"
+
+
+def _closed_loop_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| cameras | retry on 503 | frames/s | p50 ms | p99 ms | 503s | failed connections |"
+             " daemon CPU s | event loop CPU s | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['cameras']} | {r['retry']} | {r['fps']:.1f} | {r['p50']:.0f} | "
+                     f"{r['p99']:.0f} | {r['refused']} | {r['errors']} | {r['cpu_s']:.1f} | "
+                     f"{r['loop_cpu_s']:.2f} | {r['peak_rss'] / 2**20:.0f} |")
+    return lines
 
 
 def _sweep_table(rows: list[dict[str, float]]) -> list[str]:
@@ -94,14 +109,15 @@ def plot(report: Report, stem: Path) -> list[Path]:
                     stem.with_name(stem.name + "-latency.png"))
     fig, ax = plt.subplots(figsize=(6, 4))
     cams = [r["cameras"] for r in rows]
-    ax.plot(cams, [r["achieved"] for r in rows], marker="o", label="answered 200 (1 session)")
-    if report.sweep_instances:
-        ax.plot([r["cameras"] for r in report.sweep_instances],
-                [r["achieved"] for r in report.sweep_instances], marker="s",
-                label="answered 200 (1 session per core)")
+    ax.plot(cams, [r["achieved"] for r in rows], marker="o", label="answered 200 (open loop)")
+    for retry, marker in (("Retry-After", "s"), ("at once", "^")):
+        closed = [r for r in report.closed_loop if r["retry"] == retry or r["cameras"] == 1]
+        if closed:
+            ax.plot([r["cameras"] for r in closed], [r["fps"] for r in closed], marker=marker,
+                    label=f"answered 200 (closed loop, retry {retry})")
     ax.plot(cams, offered, linestyle="--", label="offered")
-    ax.axhline(max(report.raw_throughput.values()), color="grey", linestyle=":",
-               label="best raw ORT")
+    if report.floor:
+        ax.axhline(report.floor["fps"], color="grey", linestyle=":", label="pipeline floor")
     throughput = _save(fig, ax, "cameras", "frames/s",
                        stem.with_name(stem.name + "-throughput.png"))
     return [latency, throughput]

@@ -21,8 +21,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import cold_start, overload, saturation, single, summary_size, swap
-from benchmarks.common import RESULTS, TOKEN, machine, ms
+import aiohttp
+
+from agent.settings import BatchingSettings
+from benchmarks import bare, cold_start, overload, saturation, single, summary_size, swap
+from benchmarks.common import JPEG, RESULTS, TOKEN, machine, ms
+from benchmarks.load import Load, closed_loop, proc_stats
 from benchmarks.report import Report, plot, render
 from benchmarks.single import Peer, find_peer
 from inference import SessionConfig, YoloV8Detector
@@ -46,17 +50,27 @@ def write_config(workdir: Path, model: Path, threads: int) -> tuple[Path, Path]:
     return config, manifest
 
 
-def write_instances_config(workdir: Path, model: Path, threads: int) -> Path:
-    """The thread-policy variant: one single-threaded session per core for the detector."""
-    config = workdir / "config-instances.yaml"
-    config.write_text(json.dumps({
-        "models": [{"name": "m", "path": str(model),
-                    "batching": {"instances": threads}},
-                   {"name": "fusion", "bundled": "fusion"}],
-        "runtime": {"intra_op_threads": 1, "preprocess_threads": threads},
-        "validate_golden": False,
-    }))
-    return config
+async def bundled_peak_rss(workdir: Path, data: bytes, seconds: float) -> int:
+    """Peak RSS of a daemon serving the two bundled models (its defaults), four closed-loop
+    cameras on the detector."""
+    daemon = Daemon(["--state-dir", str(workdir / "state-bundled")])
+    rss: list[int] = []
+    try:
+        await daemon.wait_ready(timeout=300)
+
+        async def watch() -> None:
+            while True:
+                rss.append(proc_stats(daemon.proc.pid)["rss"])
+                await asyncio.sleep(0.25)
+
+        watcher = asyncio.create_task(watch())
+        async with aiohttp.ClientSession() as http:
+            await closed_loop(http, daemon.url + "/v1/models/defects/detect", data, JPEG, 4,
+                              seconds, Load())
+        watcher.cancel()
+    finally:
+        daemon.stop()
+    return max(rss, default=0)
 
 
 @dataclass
@@ -99,12 +113,10 @@ async def run(args: argparse.Namespace, report: Report, setup: Setup) -> None:
         print("single stream, interleaved ...", flush=True)
         report.single = await single.single_stream(daemon, det, data, peer, args.rounds)
         peer_rss = await asyncio.to_thread(peer.ask, "rss") if peer else None
-        print("raw throughput ...", flush=True)
-        report.raw_throughput = await asyncio.to_thread(
-            saturation.raw_throughput, model, data, threads, 4
-        )
-        print("sweep ...", flush=True)
-        report.sweep, peak_rss = await saturation.sweep(
+        print("closed-loop cameras ...", flush=True)
+        report.closed_loop = await saturation.closed_loop_sweep(daemon, data, args.step_s)
+        print("open-loop sweep ...", flush=True)
+        report.sweep, open_rss = await saturation.sweep(
             daemon, data, args.fps, args.cameras, args.step_s
         )
         sustainable = saturation.sustainable(report.sweep)
@@ -117,22 +129,15 @@ async def run(args: argparse.Namespace, report: Report, setup: Setup) -> None:
         daemon.stop()
     print("cold starts ...", flush=True)
     colds = await cold_start.cold_starts(config, state, 3)
-    print(f"sweep again, {threads} sessions x 1 thread ...", flush=True)
-    tuned = Daemon(["--config", str(write_instances_config(workdir, model, threads)),
-                    "--state-dir", str(workdir / "state-instances")])
-    try:
-        await tuned.wait_ready(timeout=300)
-        one = await single.single_stream(tuned, det, data, None, 15)
-        report.instances_p50 = ms(one["daemon"], 50)
-        report.sweep_instances, _ = await saturation.sweep(
-            tuned, data, args.fps, args.cameras, args.step_s
-        )
-    finally:
-        tuned.stop()
+    print("pipeline floor and bare process ...", flush=True)
+    report.floor = await asyncio.to_thread(bare.measure, model, setup.frame, threads, "per-core")
+    report.bare = await asyncio.to_thread(bare.measure, model, setup.frame, threads, "shared")
+    print("bundled models' memory ...", flush=True)
+    report.bundled_peak_rss = await bundled_peak_rss(workdir, data, args.step_s)
 
     report.targets += [
         *single.targets(report.single),
-        *saturation.targets(report, threads, peak_rss, peer_rss),
+        *saturation.targets(report, threads, BatchingSettings().max_queue, open_rss, peer_rss),
         cold_start.target(colds),
         *overload.targets(over, ms(report.single["daemon"], 99)),
         *swap.targets(swapped),

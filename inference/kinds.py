@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import onnxruntime as ort
 
 from inference.errors import ModelLoadError
-from inference.session import SessionConfig
+from inference.session import LoadedSession, SessionConfig
 from inference.tensor import TensorModel
 from inference.yolo import YoloV8Detector
 
@@ -37,6 +37,13 @@ class Servable(Protocol):
         ...
 
     def warmup(self, batch: int = 1) -> None: ...
+
+    @property
+    def loaded(self) -> LoadedSession: ...
+
+    def use_session(self, loaded: LoadedSession) -> None:
+        """Warm up ``loaded`` (the same model, other threads), then run on it from now on."""
+        ...
 
 
 # path, session config, names override (detectors only), file digest

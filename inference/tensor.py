@@ -193,6 +193,12 @@ class TensorModel:
         """One run on zeros, so the first request does not pay for lazy initialisation."""
         self.infer([self.sample_input(batch)])
 
+    def use_session(self, loaded: LoadedSession) -> None:
+        """Run on ``loaded`` (the same model, built with other threads) from now on, warmed up
+        first: a run already going finishes on the session it started on."""
+        loaded.session.run(self._output_names, self.sample_input())
+        self.loaded = loaded
+
     def _run_group(self, group: list[Tensors]) -> list[Tensors]:
         if len(group) == 1:
             return [self._run(group[0])]

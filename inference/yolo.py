@@ -181,6 +181,13 @@ class YoloV8Detector:
         """Run once on a grey frame so the first request does not pay for lazy initialisation."""
         self.infer([self.sample_input()] * batch)
 
+    def use_session(self, loaded: LoadedSession) -> None:
+        """Run on ``loaded`` (the same model, built with other threads) from now on, warmed up
+        first: a run already going finishes on the session it started on."""
+        batch = np.concatenate([self.sample_input()] * (self._pad_to or 1))
+        loaded.session.run([self._output_name], {self.spec.input_name: to_input(batch)})
+        self.loaded = loaded
+
     def _run(self, batch: np.ndarray) -> np.ndarray:
         feed = {self.spec.input_name: to_input(batch)}
         return self.loaded.session.run([self._output_name], feed)[0]
