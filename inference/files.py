@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -58,3 +59,20 @@ def check_writable_dir(path: Path, what: str) -> None:
         raise NotWritableError(
             f"{what} {path} is not writable: {reason}", {"path": str(path)}
         ) from None
+
+
+def atomic_copy(source: Path, path: Path, mode: int = 0o644) -> None:
+    """Copy ``source`` to ``path`` like :func:`atomic_write`: temp file, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f, source.open("rb") as src:
+            os.fchmod(f.fileno(), mode)
+            shutil.copyfileobj(src, f, 1 << 20)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
