@@ -31,7 +31,9 @@ def use_last_known_good(service: ModelService, cache: ModelCache) -> None:
         if name not in service.models or not versions:
             continue
         good = versions[0]
-        spec = spec_from_sidecar(cache.path(good.model), good.sidecar, good.source, good.model)
+        golden = cache.path(good.golden) if good.golden and cache.has(good.golden) else None
+        spec = spec_from_sidecar(cache.path(good.model), good.sidecar, good.source, good.model,
+                                 golden_path=golden)
         service.start_from(name, dataclasses.replace(spec, version=good.version))
         log.info("starting from the cached last-known-good version",
                  extra={"model": name, "version": good.version})
