@@ -218,6 +218,11 @@ class Fetcher:
         golden = sidecar.get("golden")
         if golden is None:
             return Resolved(ref, sidecar, model_url)
+        if isinstance(golden, dict) and "sha256" not in golden:
+            # (a bundled model's sidecar: its set ships in the package, not beside it)
+            log.warning("the sidecar's golden set has no sha256: taken without it",
+                        extra={"source": ref})
+            return Resolved(ref, {k: v for k, v in sidecar.items() if k != "golden"}, model_url)
         try:
             file, digest = str(golden["file"]), parse_digest(str(golden["sha256"]))
         except (KeyError, TypeError, EdgeError) as exc:
