@@ -218,8 +218,9 @@ def check_classes(frames: Sequence[GoldenFrame], num_classes: int, where: str) -
         for truth in frame.truths:
             if truth.class_id >= num_classes:
                 raise GoldenSetError(
-                    f"golden set {where}: {frame.name} labels class {truth.class_id}, but the "
-                    f"model has {num_classes} classes (0..{num_classes - 1})")
+                    f"golden set {where}: {frame.label or frame.name} has class "
+                    f"{truth.class_id}, but the model has {num_classes} classes "
+                    f"(0..{num_classes - 1})")
 
 
 def score_detections(

@@ -110,7 +110,7 @@ def test_a_class_the_model_lacks_is_refused(tmp_path):
     (root / "labels" / "000.txt").write_text("3 0.5 0.5 0.1 0.1\n")
     frames = load_detection_golden(root)
     check_classes(frames, 4, "g")
-    with pytest.raises(GoldenSetError, match="labels class 3, but the model has 3 classes"):
+    with pytest.raises(GoldenSetError, match="has class 3, but the model has 3 classes"):
         check_classes(frames, 3, "g")
 
 
