@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lifecycle_helpers import FUSION, TOKEN, Registry, fusion_model, publish
+from lifecycle_helpers import FUSION, TOKEN, fusion_model, publish
+from oci_registry import Registry
 from support import TINY_MODEL, cache_dir, docker_engine, require
 
 from agent.http.app import create_app

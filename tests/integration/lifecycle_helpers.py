@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
-from support import free_port, require
 
 from inference.bundled import BUNDLE_ROOT, read_bundle
 
@@ -81,47 +75,3 @@ def write_manifest(path: Path, stable: str, canary: str | None = None, percent: 
     if require_golden is not None:
         entry["require_golden"] = require_golden
     path.write_text(json.dumps({"models": {model: entry}}))  # JSON is YAML
-
-
-class Registry:
-    def __init__(self, root: Path, bind: str = "127.0.0.1", wrap: list[str] | None = None,
-                 port: int | None = None) -> None:
-        binary = shutil.which("docker-registry")
-        require(binary is not None, "docker-registry (apt-get install docker-registry)")
-        assert binary is not None
-        self.port = port or free_port()
-        self.host = f"{bind}:{self.port}"
-        config = root / "registry.yml"
-        config.write_text(
-            "version: 0.1\nlog: {level: error}\n"
-            f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}}}\n"
-            f"http: {{addr: '{self.host}'}}\n"
-        )
-        self.proc = subprocess.Popen([*(wrap or []), binary, "serve", str(config)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        end = time.monotonic() + 20
-        while time.monotonic() < end:
-            try:
-                urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1)
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("the registry did not start")
-
-    def push(self, folder: Path, repo_tag: str,
-             files: tuple[str, ...] = ("model.onnx", "model.json")) -> str:
-        import oras.client
-
-        client = oras.client.OrasClient(hostname=self.host, insecure=True)
-        # ORAS names each layer by the file's path as given: push from inside the folder.
-        cwd = Path.cwd()
-        try:
-            os.chdir(folder)
-            client.push(target=f"{self.host}/{repo_tag}", files=list(files))
-        finally:
-            os.chdir(cwd)
-        return f"oci://{self.host}/{repo_tag}"
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait()

@@ -4,6 +4,7 @@ own golden set; a version without one refused under ``require_golden`` or served
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from aiohttp import web
 from lifecycle_helpers import AUTH, FUSION, fusion_model, models, publish, write_manifest
 from onnx import numpy_helper
 
@@ -29,6 +31,13 @@ def pack(onnx_file: Path, golden: Path, out: Path, name: str, version: str) -> d
         capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     return json.loads((out / "model.json").read_text())
+
+
+def cache_import(sidecar: Path, state_dir: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "cache", "import", str(sidecar), "--state-dir",
+         str(state_dir)], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def defects_onnx(path: Path, version: str, swap_classes: tuple[int, int] | None = None) -> Path:
@@ -197,3 +206,55 @@ async def test_no_golden_set_is_refused_under_require_golden_and_else_served_unc
     assert (fusion["version"], fusion["gate"]) == ("1.0.1", "unchecked: no golden set")
     assert "validation" not in fusion
     assert "golden" not in fusion
+
+
+async def test_an_https_source_fetches_the_golden_set_beside_the_sidecar(
+    lifecycle, client_factory, tmp_path, aiohttp_server
+):
+    onnx.save(fusion_model("1.0.1"), str(tmp_path / "f.onnx"))
+    sidecar = pack(tmp_path / "f.onnx", FUSION.golden_path, tmp_path / "v101", "fusion", "1.0.1")
+    served: list[str] = []
+
+    async def share(request: web.Request) -> web.FileResponse:
+        served.append(request.match_info["name"])
+        return web.FileResponse(tmp_path / "v101" / request.match_info["name"])
+
+    app = web.Application()
+    app.router.add_get("/fusion/1.0.1/{name}", share)
+    server = await aiohttp_server(app)
+    manifest, make = lifecycle
+    write_manifest(manifest, str(server.make_url("/fusion/1.0.1/model.json")))
+    client = await client_factory(make())
+    report = await sync(client)
+    assert report.startswith("swapped to 1.0.1"), report
+    assert sorted(set(served)) == ["golden.npz", "model.json", "model.onnx"]
+    fusion = (await models(client))["fusion"]
+    assert fusion["golden"]["sha256"] == sidecar["golden"]["sha256"]
+    assert fusion["validation"]["score"] == sidecar["golden"]["score"]
+
+
+async def test_a_restart_from_the_cache_and_an_imported_version_keep_their_golden_set(
+    lifecycle, client_factory, tmp_path
+):
+    """``cache import`` of a packed directory stores its golden set too; the node starts on
+    it with no network and scores it on that set."""
+    with np.load(FUSION.golden_path) as data:  # a set of its own, not the bundled one
+        np.savez(tmp_path / "g.npz", **{k: data[k][::2] for k in data.files})
+    onnx.save(fusion_model("1.0.1"), str(tmp_path / "f.onnx"))
+    sidecar = pack(tmp_path / "f.onnx", tmp_path / "g.npz", tmp_path / "v101", "fusion", "1.0.1")
+    manifest, make = lifecycle
+    settings = make()
+    cache_import(tmp_path / "v101" / "model.json", settings.state_dir)
+    blobs = settings.state_dir / "models" / "blobs" / "sha256"
+    assert (blobs / sidecar["golden"]["sha256"]).is_file()
+    write_manifest(manifest, (tmp_path / "nowhere" / "model.json").as_uri())  # unreachable
+    client = await client_factory(settings)
+    for _ in range(500):
+        fusion = (await models(client))["fusion"]
+        if "validation" in fusion:
+            break
+        await asyncio.sleep(0.02)
+    assert (fusion["version"], fusion["source"]) == ("1.0.1", "file://" + str(
+        tmp_path / "v101" / "model.json"))
+    assert fusion["golden"]["sha256"] == sidecar["golden"]["sha256"]
+    assert fusion["validation"]["score"] == sidecar["golden"]["score"] != FUSION.golden_score

@@ -25,13 +25,13 @@ from lifecycle_helpers import (
     AUTH,
     FUSION,
     TOKEN,
-    Registry,
     fusion_model,
     models,
     publish,
     summary,
     write_manifest,
 )
+from oci_registry import Registry
 from support import Daemon, require
 
 
