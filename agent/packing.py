@@ -37,6 +37,10 @@ MODEL_FILE = "model.onnx"
 GOLDEN_FILES = {"yolov8": "golden.tar", "tensor": "golden.npz"}
 
 
+class PackError(EdgeError):
+    """The command cannot run as asked: no model file there, bad settings."""
+
+
 @dataclass(frozen=True)
 class Loaded:
     kind: str
@@ -47,12 +51,12 @@ class Loaded:
 def load_model(path: Path, kind: str, providers: list[str] | None) -> Loaded:
     """The model as the daemon loads it (its settings' session configuration)."""
     if not path.is_file():
-        raise GoldenSetError(f"model file {path} not found")
+        raise PackError(f"model file {path} not found")
     overrides: dict[str, Any] = {"runtime.providers": providers} if providers else {}
     try:
         settings = load_settings(overrides=overrides)
     except SettingsError as exc:
-        raise GoldenSetError(f"configuration error: {exc.message}") from exc
+        raise PackError(f"configuration error: {exc.message}") from exc
     kind = sniff_kind(path) if kind == AUTO else kind
     digest = file_digest(path)
     runner = model_kinds()[kind](path, session_config(settings), None, digest)

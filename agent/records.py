@@ -65,12 +65,10 @@ class VersionRecord:
         }
         if self.rollout:
             out["rollout"] = self.rollout
-        if self.golden is None:
-            out["gate"] = UNCHECKED
-        elif self.gate:
-            out["gate"] = self.gate
         if self.golden is not None:
             out["golden"] = self.golden.describe()
+        if self.golden is None or self.gate:  # a version with no golden set is never checked
+            out["gate"] = self.gate or UNCHECKED
         if self.score is not None and self.scored_at is not None:
             out["validation"] = {
                 "score": self.score,

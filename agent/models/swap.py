@@ -105,9 +105,10 @@ class Swapper:
         if reason is not None:
             raise SwapRejectedError(f"{what} failed validation: {reason}",
                                     {"score": score, "running": running_score})
-        verdict = f"passed: {golden.metric} {score:.4f} >= min_score {gate.min_score}"
+        verdict = f"passed: {golden.metric} {score:.4f} (min_score {gate.min_score})"
         if running_score is not None:
-            verdict += f", {running_score - score:+.4f} under the running version"
+            verdict += f", {running_score - score:.4f} under the running version (max_drop " \
+                       f"{gate.max_drop})"
         elif drop_unchecked:
             verdict += f"; max_drop unchecked: {drop_unchecked}"
             log.warning("max_drop unchecked", extra={"model": candidate.model,
