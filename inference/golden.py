@@ -36,6 +36,7 @@ from inference.tensor import NUMPY_DTYPES, TensorSpec
 
 METRICS = {"yolov8": "map50", "tensor": "accuracy"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+MAX_FILE_BYTES = 64 << 20  # one image or labels file of a golden archive
 # mAP is measured over every candidate box, as Ultralytics' validator does (conf 0.001).
 SCORING_DEFAULTS = {"conf": 0.001, "iou": 0.7, "rtol": 1e-3, "atol": 1e-5}
 
@@ -130,8 +131,12 @@ class SetFiles:
     def read(self, name: str) -> bytes:
         if self._tar is None:
             return self._files[name].read_bytes()
+        member = self._members[name]
+        if member.size > MAX_FILE_BYTES:  # a compressed archive could expand without bound
+            raise GoldenSetError(f"golden set {self._where}: {name} is larger than "
+                                 f"{MAX_FILE_BYTES} bytes")
         try:
-            f = self._tar.extractfile(self._members[name])
+            f = self._tar.extractfile(member)
             assert f is not None  # a regular file's member always has content
             return f.read()
         except (tarfile.TarError, EOFError, OSError) as exc:

@@ -201,3 +201,12 @@ def test_the_sidecar_field_names_file_metric_digest_and_packed_score(tmp_path):
     for bad in ({"file": "g.tar", "metric": "f1"}, {"metric": "map50"}, "golden.tar"):
         with pytest.raises(GoldenSetError):
             golden_spec(bad, tmp_path / "g")
+
+
+def test_an_archive_member_over_the_size_limit_is_refused(tmp_path, monkeypatch):
+    folder = nested(tmp_path, ["000"])
+    archive = tmp_path / "golden.tar"
+    write_detection_archive(folder, load_detection_golden(folder), archive)
+    monkeypatch.setattr("inference.golden.MAX_FILE_BYTES", 1000)  # the frame is ~24 kB
+    with pytest.raises(GoldenSetError, match=r"images/000\.jpg is larger than 1000 bytes"):
+        load_detection_golden(archive)
