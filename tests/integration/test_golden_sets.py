@@ -109,6 +109,12 @@ async def test_a_packed_detector_pushed_with_oras_passes_its_gate_and_is_served(
                              headers={"Content-Type": "image/jpeg"})
     assert resp.status == 200
     assert (await resp.json())["version"] == "1.1.0"
+    # An artifact whose sidecar names a golden set it does not carry is refused.
+    partial = registry.push(tmp_path / "v110", "models/defects:1.1.0-partial")
+    write_manifest(manifest, partial, model="defects", min_score=0.5, max_drop=0.02)
+    report = await sync(client)
+    assert report.startswith("refused"), report
+    assert "the artifact has no 'golden.tar' layer" in report, report
 
 
 async def test_degraded_detectors_are_refused_by_min_score_and_by_max_drop(
