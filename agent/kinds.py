@@ -68,7 +68,7 @@ class KindAdapter(Protocol):
 
 def _check_metric(kind: str, golden: GoldenSpec) -> None:
     if golden.metric != METRICS[kind]:
-        raise GoldenSetError(f"golden set {golden.path.name}: metric {golden.metric!r} does not "
+        raise GoldenSetError(f"golden set {golden.label}: metric {golden.metric!r} does not "
                              f"score a {kind} model (its metric is {METRICS[kind]!r})")
 
 
@@ -97,8 +97,8 @@ class DetectorKind:
     async def score(self, runner: Any, golden: GoldenSpec, detect: Detect, infer: Infer,
                     progress: Progress | None = None) -> float:
         _check_metric(self.name, golden)
-        where = golden.path.name
-        frames = await asyncio.to_thread(load_detection_golden, golden.path)
+        where = golden.label
+        frames = await asyncio.to_thread(load_detection_golden, golden.path, where)
         check_classes(frames, len(self.labels(runner)), where)
         thresholds = Thresholds(conf=golden.setting("conf"), iou=golden.setting("iou"))
         predictions = []
@@ -140,13 +140,13 @@ class TensorKind:
         _check_metric(self.name, golden)
         tensor = cast(TensorModel, runner)
         rows = await asyncio.to_thread(read_tensor_golden, golden.path, tensor.inputs,
-                                       tensor.outputs)
+                                       tensor.outputs, golden.label)
         outputs: dict[str, list[np.ndarray]] = {}
         for chunk in row_chunks(rows.rows, TENSOR_CHUNK if tensor.batched else 1):
             try:
                 got = await infer({k: v[chunk] for k, v in rows.inputs.items()})
             except TensorInputError as exc:
-                raise GoldenSetError(f"golden set {golden.path.name}: {exc.message}",
+                raise GoldenSetError(f"golden set {golden.label}: {exc.message}",
                                      exc.detail) from exc
             for name, value in got.items():
                 outputs.setdefault(name, []).append(value)
@@ -154,7 +154,7 @@ class TensorKind:
                 progress(min(chunk.stop, rows.rows), rows.rows)
         merged = {name: np.concatenate(parts) for name, parts in outputs.items()}
         return tensor_score(rows, merged, tensor.outputs[0].name, golden.setting("rtol"),
-                            golden.setting("atol"), golden.path.name)
+                            golden.setting("atol"), golden.label)
 
 
 def direct_scoring(runner: Any) -> tuple[Detect, Infer]:

@@ -97,7 +97,7 @@ def score_command(model: Path, golden: Path, kind: str, providers: list[str] | N
         spec = GoldenSpec(golden, METRICS[loaded.kind])
         value = score(loaded, spec, golden.name)
         return {"model": str(model), "sha256": loaded.digest, "kind": loaded.kind,
-                "metric": spec.metric, "score": round(value, 6)}
+                "metric": spec.metric, "score": value}
 
     return _main(run)
 
@@ -148,7 +148,7 @@ def pack(loaded: Loaded, model: Path, golden: Path, out: Path, name: str,
         "file": archive.name,
         "sha256": file_digest(archive),
         "metric": spec.metric,
-        "score": round(value, 6),
+        "score": value,
         "scoring": scoring,
         **({"frames": items} if items else {}),
     }

@@ -50,6 +50,12 @@ class GoldenSpec:
     sha256: str = ""  # the archive's digest; empty for a set shipped inside the package
     packed_score: float | None = None  # the score measured when the version was packed
     scoring: Mapping[str, float] | None = None  # conf/iou (detectors), rtol/atol (tensors)
+    name: str = ""  # its file name in the version (a cached blob is named by its digest)
+
+    @property
+    def label(self) -> str:
+        """What messages call it."""
+        return self.name or self.path.name
 
     def setting(self, key: str) -> float:
         return float((self.scoring or {}).get(key, SCORING_DEFAULTS[key]))
@@ -85,6 +91,7 @@ def golden_spec(raw: Any, path: Path, where: str = "sidecar") -> GoldenSpec:
         packed_score=float(score) if isinstance(score, (int, float)) else None,
         scoring={k: float(v) for k, v in scoring.items() if k in SCORING_DEFAULTS}
         if isinstance(scoring, dict) else None,
+        name=raw["file"],
     )
 
 
@@ -98,18 +105,19 @@ class GoldenFrame:
     label: str = ""  # and its labels' (``labels/NAME.txt``)
 
 
-def load_detection_golden(path: Path) -> list[GoldenFrame]:
-    """The frames of a golden tar archive or folder, in name order."""
-    with open_set(path) as files:
-        return _frames(path.name, files)
+def load_detection_golden(path: Path, where: str = "") -> list[GoldenFrame]:
+    """The frames of a golden tar archive or folder, in name order; ``where``: its name in
+    messages (default: the file's)."""
+    with open_set(path, where) as files:
+        return _frames(where or path.name, files)
 
 
 class SetFiles:
     """The files of a golden folder or tar archive, by relative POSIX name."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, where: str = "") -> None:
         self._tar: tarfile.TarFile | None = None
-        self._where = path.name
+        self._where = where or path.name
         if path.is_dir():
             self._files = {p.relative_to(path).as_posix(): p for p in path.rglob("*")
                            if p.is_file()}
@@ -121,7 +129,7 @@ class SetFiles:
             self._members = {_member_name(m.name): m for m in self._tar.getmembers()
                              if m.isfile()}
         except (tarfile.TarError, EOFError, OSError) as exc:
-            raise GoldenSetError(f"golden set {path.name} is not a readable tar archive: {exc}",
+            raise GoldenSetError(f"golden set {self._where} is not a readable tar archive: {exc}",
                                  str(path)) from exc
 
     @property
@@ -150,10 +158,10 @@ class SetFiles:
             self._tar.close()
 
 
-def open_set(path: Path) -> SetFiles:
+def open_set(path: Path, where: str = "") -> SetFiles:
     if not path.exists():
-        raise GoldenSetError(f"golden set {path} does not exist")
-    return SetFiles(path)
+        raise GoldenSetError(f"golden set {where or path} does not exist")
+    return SetFiles(path, where)
 
 
 def _member_name(name: str) -> str:
@@ -263,10 +271,10 @@ def _datatype(dtype: np.dtype) -> str:
 
 
 def read_tensor_golden(path: Path, inputs: Sequence[TensorSpec],
-                       outputs: Sequence[TensorSpec]) -> TensorGolden:
+                       outputs: Sequence[TensorSpec], where: str = "") -> TensorGolden:
     """A tensor golden set checked against the model's inputs (names, shapes; cast to their
     dtypes) and outputs (``expected_<output>``). An empty ``shape`` checks names only."""
-    where = path.name
+    where = where or path.name
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
