@@ -85,7 +85,8 @@ def add_model_commands(sub: Any) -> None:
         description="Build a version directory from an ONNX file and a golden set: "
         "model.onnx, golden.tar (detectors) or golden.npz (tensor models), and model.json "
         "with the sha256s, labels (from the ONNX metadata) and the score measured now. "
-        "Publish it with: cd OUT && oras push HOST/REPO:TAG model.onnx model.json golden.tar",
+        "Publish it with: cd OUT && oras push HOST/REPO:TAG model.onnx model.json golden.tar "
+        "(golden.npz for a tensor model).",
     )
     for command in (score, pack):
         command.add_argument("onnx", type=Path, help="the ONNX model file")

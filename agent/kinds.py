@@ -4,7 +4,8 @@ instead of testing what class its runner is.
 
 ``inference.kinds`` loads a kind's runner; this module knows what the daemon does with it: the
 endpoint its requests go to, its description in ``/v1/models``, its tensor signature, its
-labels, and how to score it on a golden set through its own queue.
+labels, and how to score it on a golden set through the serving pipeline (its queue, or its
+runner directly for a candidate and ``edge-agent model score``).
 """
 
 from __future__ import annotations
