@@ -63,7 +63,42 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("sidecar", type=Path, help="the version's model.json")
     seed.add_argument("--state-dir", type=Path, help="default: the settings' state_dir")
     seed.add_argument("--name", help="model name (default: the sidecar's name)")
+    add_model_commands(sub)
     return parser
+
+
+def add_model_commands(sub: Any) -> None:
+    model = sub.add_parser("model", help="package and score model versions").add_subparsers(
+        dest="model_command", required=True
+    )
+    score = model.add_parser(
+        "score",
+        help="score an ONNX model on a golden set",
+        description="Score an ONNX model on a golden set through the daemon's own pipeline: "
+        "mAP50 for a detector (a folder or tar of images/*.jpg|png with YOLO labels/*.txt), "
+        "accuracy for a tensor model (an .npz of its inputs with labels or expected_<output>). "
+        "Progress on stderr; the result as one JSON line on stdout.",
+    )
+    pack = model.add_parser(
+        "pack",
+        help="build a version directory: model, sidecar, golden archive",
+        description="Build a version directory from an ONNX file and a golden set: "
+        "model.onnx, golden.tar (detectors) or golden.npz (tensor models), and model.json "
+        "with the sha256s, labels (from the ONNX metadata) and the score measured now. "
+        "Publish it with: cd OUT && oras push HOST/REPO:TAG model.onnx model.json golden.tar "
+        "(golden.npz for a tensor model).",
+    )
+    for command in (score, pack):
+        command.add_argument("onnx", type=Path, help="the ONNX model file")
+        command.add_argument("golden", type=Path, help="golden set: folder, .tar or .npz")
+        command.add_argument("--kind", choices=["auto", "yolov8", "tensor"], default="auto",
+                             help="model kind (default: told from the graph)")
+        command.add_argument("--providers", help="execution providers in order, e.g. cuda,cpu "
+                             "(default: the daemon's settings)")
+    pack.add_argument("--out", type=Path, required=True, help="the version directory to write")
+    pack.add_argument("--name", default="", help="model name (default: the ONNX file's stem)")
+    pack.add_argument("--version", dest="model_version", default="",
+                      help="version (default: the first 12 hex digits of the sha256)")
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -86,6 +121,14 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "model":
+        from agent.packing import pack_command, score_command
+
+        providers = args.providers.split(",") if args.providers else None
+        if args.model_command == "score":
+            return score_command(args.onnx, args.golden, args.kind, providers)
+        return pack_command(args.onnx, args.golden, args.out, args.name, args.model_version,
+                            args.kind, providers)
     if args.command == "cache":
         from agent.models.cache_import import main_import
 

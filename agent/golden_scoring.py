@@ -1,4 +1,5 @@
-"""Score each model that has a golden set on this node, through the serving pipeline itself.
+"""Score each model's version on its golden set (its own, or the model's), on this node,
+through the serving pipeline itself.
 
 Runs once the models are ready, in the background, one golden sample at a time so live traffic
 interleaves with it. The score is what ``edge_model_validation_score`` reports: on a node, not
@@ -12,17 +13,8 @@ import logging
 import time
 
 from agent.service import ModelService
-from agent.settings import ModelSettings
-from inference.bundled import BUNDLE_ROOT, Bundle, read_bundle
 
 log = logging.getLogger(__name__)
-
-
-def golden_bundle(cfg: ModelSettings) -> Bundle | None:
-    """The bundle whose golden set scores this model, if it has one."""
-    if not cfg.bundled:
-        return None
-    return read_bundle(BUNDLE_ROOT / cfg.bundled)
 
 
 async def score_all(service: ModelService, idle_only: bool = False) -> None:
@@ -32,11 +24,11 @@ async def score_all(service: ModelService, idle_only: bool = False) -> None:
         record = model.active
         if record is None or (idle_only and record.batcher.busy):
             continue
+        golden = record.golden
+        if golden is None:
+            continue
         try:
-            bundle = golden_bundle(model.settings)
-            if bundle is None:
-                continue
-            score = await service.score(record, bundle)
+            score = await service.score(record, golden)
         except Exception as exc:  # a failed self-test is reported, it does not stop serving
             log.warning("golden-set scoring failed",
                         extra={"model": model.name, "error": str(exc)})
@@ -46,5 +38,5 @@ async def score_all(service: ModelService, idle_only: bool = False) -> None:
         log.info(
             "golden-set score",
             extra={"model": model.name, "version": record.version, "score": round(score, 4),
-                   "recorded": bundle.golden_score},
+                   "recorded": golden.packed_score},
         )

@@ -4,31 +4,46 @@ instead of testing what class its runner is.
 
 ``inference.kinds`` loads a kind's runner; this module knows what the daemon does with it: the
 endpoint its requests go to, its description in ``/v1/models``, its tensor signature, its
-labels, and how to score it on a golden set through its own queue.
+labels, and how to score it on a golden set through the serving pipeline (its queue, or its
+runner directly for a candidate and ``edge-agent model score``).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 
-from inference.bundled import Bundle
-from inference.evaluation import ScoredBox, accuracy, mean_average_precision
-from inference.golden import load_detection_golden, load_tensor_golden
-from inference.tensor import NUMPY_DTYPES, TensorModel, TensorSpec, tensor_specs
+from inference.errors import (
+    GoldenSetError,
+    ImageTooLargeError,
+    InvalidImageError,
+    UnsupportedImageFormatError,
+)
+from inference.evaluation import ScoredBox
+from inference.golden import (
+    METRICS,
+    GoldenSpec,
+    check_classes,
+    detection_score,
+    load_detection_golden,
+    read_tensor_golden,
+    row_chunks,
+    tensor_score,
+)
+from inference.tensor import TensorInputError, TensorModel, TensorSpec, tensor_specs
 from inference.yolo import Detection, Thresholds, YoloV8Detector
-
-if TYPE_CHECKING:
-    from agent.records import VersionRecord
 
 TENSOR_CHUNK = 32  # golden rows per infer call: live traffic interleaves between them
 
 Signature = tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]
-# How a scorer reaches the record's queue (the service's detect and infer, bound to a record).
+# How a scorer reaches a version: through its queue (the service's detect and infer, bound to
+# its record), or straight on its runner (a candidate, the ``model score`` command).
 Detect = Callable[[bytes, Thresholds], Awaitable[list[Detection]]]
 Infer = Callable[[dict[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
+Progress = Callable[[int, int], None]  # items done, items in all
 
 
 class KindAdapter(Protocol):
@@ -45,11 +60,17 @@ class KindAdapter(Protocol):
         """Input and output tensors (Open Inference Protocol metadata)."""
         ...
 
-    async def score(
-        self, record: VersionRecord, bundle: Bundle, detect: Detect, infer: Infer
-    ) -> float:
-        """The golden-set score (mAP50 or accuracy), every item through the record's queue."""
+    async def score(self, runner: Any, golden: GoldenSpec, detect: Detect, infer: Infer,
+                    progress: Progress | None = None) -> float:
+        """The golden-set score (mAP50 or accuracy), every item through ``detect``/``infer``
+        (the serving pipeline); a set that does not fit the model: GoldenSetError."""
         ...
+
+
+def _check_metric(kind: str, golden: GoldenSpec) -> None:
+    if golden.metric != METRICS[kind]:
+        raise GoldenSetError(f"golden set {golden.label}: metric {golden.metric!r} does not "
+                             f"score a {kind} model (its metric is {METRICS[kind]!r})")
 
 
 class DetectorKind:
@@ -74,17 +95,24 @@ class DetectorKind:
     def signature(self, runner: Any) -> Signature:
         return tensor_specs(cast(YoloV8Detector, runner).loaded.session)
 
-    async def score(
-        self, record: VersionRecord, bundle: Bundle, detect: Detect, infer: Infer
-    ) -> float:
-        scoring = bundle.sidecar["golden"].get("scoring", {})
-        thresholds = Thresholds(conf=scoring.get("conf", 0.25), iou=scoring.get("iou", 0.7))
-        frames = load_detection_golden(bundle.golden_path)
+    async def score(self, runner: Any, golden: GoldenSpec, detect: Detect, infer: Infer,
+                    progress: Progress | None = None) -> float:
+        _check_metric(self.name, golden)
+        where = golden.label
+        frames = await asyncio.to_thread(load_detection_golden, golden.path, where)
+        check_classes(frames, len(self.labels(runner)), where)
+        thresholds = Thresholds(conf=golden.setting("conf"), iou=golden.setting("iou"))
         predictions = []
-        for frame in frames:
-            found = await detect(frame.data, thresholds)
+        for done, frame in enumerate(frames, 1):
+            try:
+                found = await detect(frame.data, thresholds)
+            except (InvalidImageError, UnsupportedImageFormatError, ImageTooLargeError) as exc:
+                raise GoldenSetError(f"golden set {where}: image {frame.image} is unreadable: "
+                                     f"{exc.message}") from exc
             predictions.append([ScoredBox(d.class_id, d.score, d.box) for d in found])
-        return mean_average_precision([f.truths for f in frames], predictions).map
+            if progress is not None:
+                progress(done, len(frames))
+        return detection_score(frames, predictions).map
 
 
 class TensorKind:
@@ -108,18 +136,41 @@ class TensorKind:
         tensor = cast(TensorModel, runner)
         return tensor.inputs, tensor.outputs
 
-    async def score(
-        self, record: VersionRecord, bundle: Bundle, detect: Detect, infer: Infer
-    ) -> float:
-        tensor = cast(TensorModel, record.runner)
-        dtypes = {s.name: NUMPY_DTYPES[s.datatype] for s in tensor.inputs}
-        golden = load_tensor_golden(bundle.golden_path, dtypes)
-        first_output = tensor.outputs[0].name
-        predicted = []
-        for start in range(0, len(golden.labels), TENSOR_CHUNK):
-            chunk = {k: v[start : start + TENSOR_CHUNK] for k, v in golden.inputs.items()}
-            predicted.append((await infer(chunk))[first_output].argmax(axis=1))
-        return accuracy(golden.labels, np.concatenate(predicted))
+    async def score(self, runner: Any, golden: GoldenSpec, detect: Detect, infer: Infer,
+                    progress: Progress | None = None) -> float:
+        _check_metric(self.name, golden)
+        tensor = cast(TensorModel, runner)
+        rows = await asyncio.to_thread(read_tensor_golden, golden.path, tensor.inputs,
+                                       tensor.outputs, golden.label)
+        outputs: dict[str, list[np.ndarray]] = {}
+        for chunk in row_chunks(rows.rows, TENSOR_CHUNK if tensor.batched else 1):
+            try:
+                got = await infer({k: v[chunk] for k, v in rows.inputs.items()})
+            except TensorInputError as exc:
+                raise GoldenSetError(f"golden set {golden.label}: {exc.message}",
+                                     exc.detail) from exc
+            for name, value in got.items():
+                outputs.setdefault(name, []).append(value)
+            if progress is not None:
+                progress(min(chunk.stop, rows.rows), rows.rows)
+        merged = {name: np.concatenate(parts) for name, parts in outputs.items()}
+        return tensor_score(rows, merged, tensor.outputs[0].name, golden.setting("rtol"),
+                            golden.setting("atol"), golden.label)
+
+
+def direct_scoring(runner: Any) -> tuple[Detect, Infer]:
+    """Scoring straight on a runner in a worker thread, through the same pre/post-processing
+    as a request (what a candidate is gated with, and what ``edge-agent model score`` runs)."""
+
+    async def detect(image: bytes, thresholds: Thresholds) -> list[Detection]:
+        return await asyncio.to_thread(cast(YoloV8Detector, runner).detect, image, thresholds)
+
+    async def infer(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tensor = cast(TensorModel, runner)
+        (outputs,) = await asyncio.to_thread(tensor.infer, [tensor.validate(inputs)])
+        return outputs
+
+    return detect, infer
 
 
 def kind_adapters() -> dict[str, KindAdapter]:

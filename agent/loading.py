@@ -18,6 +18,7 @@ from agent.settings import ModelSettings, Settings
 from agent.thread_layout import ADAPTIVE, AdaptiveLayout, choose_layout, inference_executor
 from inference import ModelLoadError, SessionConfig, file_digest
 from inference.bundled import BUNDLE_ROOT, read_bundle
+from inference.golden import GoldenSpec, golden_spec
 from inference.kinds import AUTO, Servable, model_kinds, sniff_kind
 from inference.session import first_provider
 from inference.yolo import Thresholds
@@ -34,11 +35,13 @@ class VersionSpec:
     kind: str = AUTO  # the sidecar's; "auto": the settings', else read off the graph
     labels: tuple[str, ...] = ()  # the sidecar's; empty: the ONNX metadata's
     thresholds: dict[str, float] = field(default_factory=dict)  # the sidecar's conf/iou/max_det
+    golden: GoldenSpec | None = None  # the golden set it carries (its sidecar's ``golden``)
 
 
 def spec_from_sidecar(path: Path, sidecar: dict[str, Any], source: str,
-                      sha256: str = "") -> VersionSpec:
-    """The version a sidecar (``model.json``) describes, its file at ``path``."""
+                      sha256: str = "", golden_path: Path | None = None) -> VersionSpec:
+    """The version a sidecar (``model.json``) describes, its file at ``path``; its golden set
+    at ``golden_path`` (None: the version is taken without it)."""
     raw = sidecar.get("thresholds")
     thresholds = {k: float(v) for k, v in raw.items()
                   if k in ("conf", "iou", "max_det")} if isinstance(raw, dict) else {}
@@ -51,6 +54,8 @@ def spec_from_sidecar(path: Path, sidecar: dict[str, Any], source: str,
         kind=str(sidecar.get("kind", AUTO)),
         labels=tuple(str(n) for n in labels) if isinstance(labels, list) else (),
         thresholds=thresholds,
+        golden=golden_spec(sidecar["golden"], golden_path, f"{source}: sidecar")
+        if golden_path is not None and "golden" in sidecar else None,
     )
 
 
@@ -58,10 +63,17 @@ def spec_from_settings(cfg: ModelSettings) -> VersionSpec:
     """The version the settings name: a bundled model's (its sidecar, read now) or a file."""
     if cfg.bundled:
         bundle = read_bundle(BUNDLE_ROOT / cfg.bundled)
-        spec = spec_from_sidecar(bundle.model_path, bundle.sidecar, "bundled")
+        spec = spec_from_sidecar(bundle.model_path, bundle.sidecar, "bundled",
+                                 golden_path=bundle.golden_path)
         return dataclasses.replace(spec, version=cfg.version) if cfg.version else spec
     return VersionSpec(path=cfg.path, source="file", sha256=cfg.sha256, version=cfg.version,
                        kind=cfg.kind)
+
+
+def model_golden(cfg: ModelSettings) -> GoldenSpec | None:
+    """The golden set of the model itself, for a version that carries none: a bundled model's
+    (its versions from a fleet manifest are scored on the set shipped with it)."""
+    return spec_from_settings(cfg).golden if cfg.bundled else None
 
 
 @dataclass
@@ -98,6 +110,7 @@ class LoadedVersion:
             batcher=self.batcher,
             defaults=defaults,
             rollout=rollout,
+            golden=spec.golden or model_golden(cfg),
         )
 
 

@@ -17,8 +17,11 @@ from typing import Any
 from agent.batcher import Batcher
 from agent.kinds import KindAdapter, Signature
 from agent.settings import ModelSettings
+from inference.golden import GoldenSpec
 from inference.kinds import Servable
 from inference.yolo import Thresholds
+
+UNCHECKED = "unchecked: no golden set"
 
 
 class LoadState(str, enum.Enum):
@@ -44,8 +47,10 @@ class VersionRecord:
     batcher: Batcher[Any, Any]
     defaults: Thresholds  # for a detect request that sets none
     rollout: str = ""  # "stable" or "canary" once a fleet manifest assigned this node
-    score: float | None = None  # golden-set score measured on this node
+    golden: GoldenSpec | None = None  # its own golden set, else the model's; None: none
+    score: float | None = None  # golden-set score measured on this node, on ``golden``
     scored_at: float | None = None  # time.monotonic() of that measurement
+    gate: str = ""  # how the swap that brought it in judged it ("passed: ...", "unchecked: ...")
 
     def signature(self) -> Signature:
         return self.kind.signature(self.runner)
@@ -60,6 +65,10 @@ class VersionRecord:
         }
         if self.rollout:
             out["rollout"] = self.rollout
+        if self.golden is not None:
+            out["golden"] = self.golden.describe()
+        if self.golden is None or self.gate:  # a version with no golden set is never checked
+            out["gate"] = self.gate or UNCHECKED
         if self.score is not None and self.scored_at is not None:
             out["validation"] = {
                 "score": self.score,

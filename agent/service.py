@@ -28,12 +28,12 @@ from agent.errors import (
     ModelNotReadyError,
     QueueFullError,
 )
-from agent.kinds import kind_adapters
+from agent.kinds import direct_scoring, kind_adapters
 from agent.loading import VersionSpec, load_version, spec_from_settings
 from agent.records import LoadState, Model, VersionRecord
 from agent.settings import Settings
 from inference import Detection, PreparedImage, Thresholds, YoloV8Detector
-from inference.bundled import Bundle
+from inference.golden import GoldenSpec
 from inference.kinds import AUTO
 from inference.tensor import TensorModel
 
@@ -288,29 +288,23 @@ class ModelService:
             slot.release()
         return InferResult(record, outputs, _timing(run, received_at))
 
-    async def score(self, record: VersionRecord, bundle: Bundle, queued: bool = True) -> float:
-        """``record``'s golden-set score. ``queued``: every item through its queue like a
+    async def score(self, record: VersionRecord, golden: GoldenSpec, queued: bool = True) -> float:
+        """``record``'s score on ``golden``. ``queued``: every item through its queue like a
         request (a live version: traffic interleaves, the whole pipeline is proven); else
         straight on its runner in a worker thread (a candidate, or a version scored for a
         gate: never refused by the queue's admission under load)."""
-        runner = record.runner
+        if not queued:
+            detect, infer = direct_scoring(record.runner)
+            return await record.kind.score(record.runner, golden, detect, infer)
 
-        async def detect(image: bytes, thresholds: Thresholds) -> list[Detection]:
-            if not queued:
-                return await asyncio.to_thread(
-                    cast(YoloV8Detector, runner).detect, image, thresholds
-                )
+        async def detect_queued(image: bytes, thresholds: Thresholds) -> list[Detection]:
             result = await self.detect(record, image, conf=thresholds.conf, iou=thresholds.iou)
             return result.detections
 
-        async def infer(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            if not queued:
-                tensor = cast(TensorModel, runner)
-                (outputs,) = await asyncio.to_thread(tensor.infer, [tensor.validate(inputs)])
-                return outputs
+        async def infer_queued(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             return (await self.infer(record, inputs)).outputs
 
-        return await record.kind.score(record, bundle, detect, infer)
+        return await record.kind.score(record.runner, golden, detect_queued, infer_queued)
 
     def _deadline(
         self, record: VersionRecord, received_at: float, deadline_s: float | None

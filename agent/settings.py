@@ -308,7 +308,7 @@ class Settings:
     log_requests: bool = False  # ten cameras at 30 fps are 300 lines a second
     drain_grace_s: float = 0.0  # after SIGTERM: keep serving with /health 503 this long
     drain_timeout_s: float = 30.0  # then wait this long for in-flight requests
-    # After loading, score models that have a golden set (the bundled ones) on this node:
+    # After loading, score versions that have a golden set (their own or the model's) here:
     # edge_model_validation_score. A few seconds of CPU at start-up.
     validate_golden: bool = True
     revalidate_interval_s: float = 3600.0  # then again this often, when idle; 0: never

@@ -9,6 +9,7 @@ No HTTP and no asyncio here: usable on its own from a notebook or a benchmark::
 
 from inference.errors import (
     EdgeError,
+    GoldenSetError,
     ImageTooLargeError,
     InvalidImageError,
     ModelLoadError,
@@ -29,6 +30,7 @@ from inference.yolo import (
 __all__ = [
     "Detection",
     "EdgeError",
+    "GoldenSetError",
     "ImageTooLargeError",
     "InvalidImageError",
     "InvalidThresholdError",

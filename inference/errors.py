@@ -37,3 +37,7 @@ class ModelLoadError(EdgeError):
 
 class ProviderUnavailableError(EdgeError):
     """None of the requested execution providers is available in this onnxruntime build."""
+
+
+class GoldenSetError(EdgeError):
+    """A golden set that cannot be read or does not fit its model (the message names the file)."""

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from inference.errors import EdgeError
 
@@ -15,12 +19,25 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     The directory is fsynced too, so the rename itself survives a power cut. ``mode``: the
     temp file starts as 0600, which would hide models and state from other readers.
     """
+    with _atomic_file(path, mode) as f:
+        f.write(data)
+
+
+def atomic_copy(source: Path, path: Path, mode: int = 0o644) -> None:
+    """Copy ``source`` to ``path`` like :func:`atomic_write` (streamed: a model may be large)."""
+    with _atomic_file(path, mode) as f, source.open("rb") as src:
+        shutil.copyfileobj(src, f, 1 << 20)
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path, mode: int) -> Iterator[BinaryIO]:
+    """A temp file beside ``path`` to write; on a clean exit fsynced and renamed over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), mode)
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -58,3 +75,4 @@ def check_writable_dir(path: Path, what: str) -> None:
         raise NotWritableError(
             f"{what} {path} is not writable: {reason}", {"path": str(path)}
         ) from None
+

@@ -2,7 +2,7 @@
 
 Layout under ``<state_dir>/models/``::
 
-    blobs/sha256/<hex>      one file per blob (ONNX model, sidecar), named by its digest
+    blobs/sha256/<hex>      one file per blob (ONNX model, golden set), named by its digest
     state.json              per model: the last-known-good version and its blobs
 
 A blob is written to a temp file beside its final name, hashed while it is written, fsynced and
@@ -54,6 +54,17 @@ class CachedVersion:
     model: str  # digest (hex) of the ONNX file
     sidecar: dict[str, Any] = field(default_factory=dict)
     source: str = ""  # where it came from, for /v1/models
+
+    @property
+    def golden(self) -> str:
+        """Digest (hex) of its golden set; empty: it carries none."""
+        golden = self.sidecar.get("golden")
+        if not isinstance(golden, dict) or "sha256" not in golden:
+            return ""
+        return parse_digest(str(golden["sha256"]))
+
+    def blobs(self) -> set[str]:
+        return {self.model, self.golden} - {""}
 
 
 class ModelCache:
@@ -119,6 +130,7 @@ class ModelCache:
                 try:
                     cached = CachedVersion(**v)
                     parse_digest(cached.model)
+                    cached.golden  # noqa: B018 (a malformed golden digest drops the entry)
                 except (TypeError, CacheError):
                     continue
                 if self.has(cached.model):
@@ -133,7 +145,7 @@ class ModelCache:
         versions = [version, *(v for v in state.get(name, []) if v.model != version.model)]
         state[name] = versions[:keep] if keep else versions
         self.save_state(state)
-        return {v.model for vs in state.values() for v in vs}
+        return {blob for vs in state.values() for v in vs for blob in v.blobs()}
 
     def save_state(self, state: dict[str, list[CachedVersion]]) -> None:
         doc = {"models": {name: [asdict(v) for v in versions] for name, versions in state.items()}}

@@ -7,6 +7,7 @@ models:
     canary: {source: "oci://registry.factory:5000/models/defects:1.2.0", percent: 5}
     min_score: 0.80      # a candidate scoring under this on the golden set is refused
     max_drop: 0.02       # ... or scoring more than this under the running version
+    require_golden: true # a candidate with no golden set is refused (else: gate unchecked)
 ```
 
 A node is in a model's canary cohort when
@@ -45,6 +46,7 @@ class ModelPlan:
     canary: Target | None = None
     min_score: float = 0.0
     max_drop: float = 1.0
+    require_golden: bool = False
 
     def choose(self, node_name: str) -> tuple[Target, str]:
         """The target this node runs, and its cohort: ``"canary"`` or ``"stable"``."""
@@ -72,7 +74,7 @@ def _plan(name: str, entry: Any) -> ModelPlan:
     where = f"models.{name}"
     if not isinstance(entry, dict):
         raise ManifestError(f"{where}: expected a mapping with 'stable'")
-    unknown = set(entry) - {"stable", "canary", "min_score", "max_drop"}
+    unknown = set(entry) - {"stable", "canary", "min_score", "max_drop", "require_golden"}
     if unknown:
         raise ManifestError(f"{where}: unknown keys {sorted(unknown)}")
     stable = _target(entry.get("stable"), f"{where}.stable", canary=False)
@@ -80,7 +82,10 @@ def _plan(name: str, entry: Any) -> ModelPlan:
         "canary") else None
     min_score = _number(entry.get("min_score", 0.0), f"{where}.min_score")
     max_drop = _number(entry.get("max_drop", 1.0), f"{where}.max_drop")
-    return ModelPlan(name, stable, canary, min_score, max_drop)
+    require_golden = entry.get("require_golden", False)
+    if not isinstance(require_golden, bool):
+        raise ManifestError(f"{where}.require_golden: must be true or false")
+    return ModelPlan(name, stable, canary, min_score, max_drop, require_golden)
 
 
 def _target(raw: Any, where: str, canary: bool) -> Target:

@@ -2,7 +2,8 @@
 distribution API — the factory's existing registry and K3s' registry mirror carry them.
 
 The artifact's layers are the version's files, named by their ``org.opencontainers.image.title``
-annotation: ``model.json`` (the sidecar) and the ONNX file it names. Blobs are addressed by
+annotation: ``model.json`` (the sidecar), the ONNX file it names and, when it names one, its
+golden set (``oras push host/repo:tag model.onnx model.json golden.tar``). Blobs are addressed by
 digest, so what the registry serves is verified like any other download. Registries are reached
 over HTTPS except those listed as insecure (a registry on the node's own network without TLS).
 Credentials: HTTP basic, or the bearer-token dance of Docker/distribution registries.
@@ -16,7 +17,6 @@ import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 
@@ -93,14 +93,15 @@ class OciSource:
             raise SourceError(f"{ref}: the sidecar blob does not match its digest")
         return data
 
-    def model_url(self, ref: str, sidecar: dict[str, Any]) -> str:
+    def file_url(self, ref: str, file: str, sha256: str) -> str:
         parsed = OciRef.parse(ref)
         layers = self._layers.get(ref, {})
-        file, digest = str(sidecar["file"]), "sha256:" + parse_digest(str(sidecar["sha256"]))
+        digest = "sha256:" + parse_digest(sha256)
         if layers.get(file) != digest:
             raise SourceError(
-                f"{ref}: the artifact's {file!r} layer is not the sidecar's sha256",
-                {"layer": layers.get(file), "sidecar": digest},
+                f"{ref}: the artifact's {file!r} layer is not the sidecar's sha256"
+                if file in layers else f"{ref}: the artifact has no {file!r} layer",
+                {"layer": layers.get(file), "sidecar": digest, "layers": sorted(layers)},
             )
         return f"oci-blob://{parsed.host}/{parsed.repo}@{digest}"
 

@@ -1,8 +1,9 @@
 """Where model versions come from: ``file://`` and ``http(s)://`` sidecar URLs.
 
 A reference names a version's sidecar (``model.json``: name, version, kind, ``file``,
-``sha256``); the ONNX file is ``file`` relative to it. The sidecar's ``sha256`` is the version's
-identity: the download is verified against it before the cache gives it its name.
+``sha256``); the ONNX file is ``file`` relative to it, and so is its golden set when the sidecar
+names one (``golden``: ``file``, ``sha256``). The sidecar's ``sha256`` is the version's
+identity: every download is verified against its digest before the cache gives it its name.
 Network reads are retried with exponential backoff, jitter and a cap (tenacity); a file whose
 content does not match its digest is not retried (the source is wrong, not the network).
 """
@@ -26,7 +27,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from agent.models.cache import ModelCache, parse_digest
+from agent.models.cache import CacheError, ModelCache, parse_digest
 from inference.errors import EdgeError
 
 log = logging.getLogger(__name__)
@@ -55,11 +56,17 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class Resolved:
-    """A version known by its sidecar; ``model_url`` is where its ONNX file is."""
+    """A version known by its sidecar; ``model_url`` is where its ONNX file is, ``golden_url``
+    where its golden set is (None: it carries none)."""
 
     source: str
     sidecar: dict[str, Any]
     model_url: str
+    golden_url: str | None = None
+
+    @property
+    def golden_digest(self) -> str:
+        return parse_digest(str(self.sidecar["golden"]["sha256"]))
 
     @property
     def version(self) -> str:
@@ -73,27 +80,28 @@ class Resolved:
 class Source(Protocol):
     async def sidecar(self, ref: str) -> bytes: ...
 
-    def model_url(self, ref: str, sidecar: dict[str, Any]) -> str:
-        """Where the ONNX file of the version that ``ref`` names is."""
+    def file_url(self, ref: str, file: str, sha256: str) -> str:
+        """Where the version that ``ref`` names keeps its ``file`` (its ONNX file, its golden
+        set), whose digest is ``sha256`` (hex)."""
         ...
 
     def stream(self, url: str) -> AsyncIterator[bytes]: ...
 
 
-def _beside(ref: str, sidecar: dict[str, Any]) -> str:
-    file = str(sidecar["file"])
+def _beside(ref: str, file: str) -> str:
     # Checked unquoted: a file source unquotes the URL, so "..%2F" would climb out of the share.
     plain = unquote(file)
     if "/" in plain or "\\" in plain or plain in ("", ".", ".."):
-        raise SourceError(f"{ref}: sidecar 'file' must be a file name beside it", file)
+        raise SourceError(f"{ref}: the sidecar's file {file!r} must be a file name beside it",
+                          file)
     return urljoin(ref, file)
 
 
 class FileSource:
     """``file:///path/model.json``: air-gapped nodes, a USB stick, a mounted volume."""
 
-    def model_url(self, ref: str, sidecar: dict[str, Any]) -> str:
-        return _beside(ref, sidecar)
+    def file_url(self, ref: str, file: str, sha256: str) -> str:
+        return _beside(ref, file)
 
     async def sidecar(self, ref: str) -> bytes:
         return await asyncio.to_thread(_read_limited, _path(ref), MAX_SIDECAR_BYTES)
@@ -119,8 +127,8 @@ class HttpSource:
         # Conditional requests: a manifest polled every 30 s by 200 nodes costs a 304 each.
         self._etags: dict[str, tuple[str, bytes]] = {}
 
-    def model_url(self, ref: str, sidecar: dict[str, Any]) -> str:
-        return _beside(ref, sidecar)
+    def file_url(self, ref: str, file: str, sha256: str) -> str:
+        return _beside(ref, file)
 
     async def sidecar(self, ref: str) -> bytes:
         cached = self._etags.get(ref)
@@ -204,20 +212,49 @@ class Fetcher:
             str(sidecar["file"])
         except (ValueError, KeyError, TypeError, EdgeError) as exc:
             raise SourceError(f"{ref}: not a model sidecar (needs file and sha256): {exc}") from exc
-        return Resolved(ref, sidecar, self._source(ref).model_url(ref, sidecar))
+        source = self._source(ref)
+        model_url = source.file_url(ref, str(sidecar["file"]),
+                                    parse_digest(str(sidecar["sha256"])))
+        golden = sidecar.get("golden")
+        if golden is None:
+            return Resolved(ref, sidecar, model_url)
+        if isinstance(golden, dict) and "sha256" not in golden:
+            # (a bundled model's sidecar: its set ships in the package, not beside it)
+            log.warning("the sidecar's golden set has no sha256: taken without it",
+                        extra={"source": ref})
+            return Resolved(ref, {k: v for k, v in sidecar.items() if k != "golden"}, model_url)
+        try:
+            file, digest = str(golden["file"]), parse_digest(str(golden["sha256"]))
+        except (KeyError, TypeError, EdgeError) as exc:
+            raise SourceError(f"{ref}: the sidecar's golden set needs file and sha256 "
+                              f"(a sha256 digest): {exc}") from exc
+        return Resolved(ref, sidecar, model_url, source.file_url(ref, file, digest))
 
     async def fetch(self, resolved: Resolved) -> Path:
-        """The version's ONNX file in the cache (downloaded and verified if not there yet)."""
-        if self._cache.has(resolved.digest):
-            return self._cache.path(resolved.digest)
-        source = self._source(resolved.model_url)
+        """The version's ONNX file in the cache (downloaded and verified if not there yet),
+        and its golden set beside it in the cache when it has one."""
+        if resolved.golden_url is not None:
+            try:
+                await self._fetch_blob(resolved.golden_url, resolved.golden_digest)
+            except CacheError as exc:  # wrong content: say which file was wrong
+                raise SourceError(f"{resolved.source}: golden set "
+                                  f"{resolved.sidecar['golden']['file']}: {exc.message}",
+                                  exc.detail) from exc
+        return await self._fetch_blob(resolved.model_url, resolved.digest)
+
+    def golden_path(self, resolved: Resolved) -> Path | None:
+        """Where :meth:`fetch` put the version's golden set (None: it carries none)."""
+        return None if resolved.golden_url is None else self._cache.path(resolved.golden_digest)
+
+    async def _fetch_blob(self, url: str, digest: str) -> Path:
+        if self._cache.has(digest):
+            return self._cache.path(digest)
+        source = self._source(url)
 
         async def download() -> Path:
-            writer = await asyncio.to_thread(
-                self._cache.writer, resolved.digest, self._max_model_bytes
-            )
+            writer = await asyncio.to_thread(self._cache.writer, digest, self._max_model_bytes)
             try:
-                async for chunk in source.stream(resolved.model_url):
+                async for chunk in source.stream(url):
                     writer.write(chunk)
                 return await asyncio.to_thread(writer.commit)
             except BaseException:

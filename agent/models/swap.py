@@ -10,12 +10,11 @@ import logging
 import time
 from dataclasses import dataclass
 
-from agent.golden_scoring import golden_bundle
 from agent.loading import VersionSpec, load_version
-from agent.records import VersionRecord
+from agent.records import UNCHECKED, VersionRecord
 from agent.service import ModelService
-from inference.bundled import Bundle
-from inference.errors import EdgeError
+from inference.errors import EdgeError, GoldenSetError
+from inference.golden import GoldenSpec
 from inference.kinds import AUTO
 
 log = logging.getLogger(__name__)
@@ -29,6 +28,7 @@ class SwapRejectedError(EdgeError):
 class Gate:
     min_score: float = 0.0
     max_drop: float = 1.0
+    require_golden: bool = False  # refuse a candidate with no golden set (else: unchecked)
 
 
 def _check_kind(running: str, candidate: str, source: str, name: str) -> None:
@@ -47,12 +47,14 @@ class Swapper:
         self._service = service
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def swap(self, name: str, spec: VersionSpec, gate: Gate, rollout: str) -> float | None:
-        """Returns the candidate's golden-set score (None: the model has no golden set)."""
+    async def swap(self, name: str, spec: VersionSpec, gate: Gate,
+                   rollout: str) -> VersionRecord:
+        """Returns the candidate's record as published (its golden-set score, its gate)."""
         async with self._locks.setdefault(name, asyncio.Lock()):
             return await self._swap(name, spec, gate, rollout)
 
-    async def _swap(self, name: str, spec: VersionSpec, gate: Gate, rollout: str) -> float | None:
+    async def _swap(self, name: str, spec: VersionSpec, gate: Gate,
+                    rollout: str) -> VersionRecord:
         service = self._service
         model = service.get(name)
         cfg = model.settings
@@ -67,40 +69,67 @@ class Swapper:
         candidate = loaded.record(cfg, spec, rollout=rollout)
         try:
             _check_kind(model.kind, loaded.kind, spec.source, name)
-            candidate = await self._gate(model.active, candidate, golden_bundle(cfg), gate)
+            candidate = await self._gate(model.active, candidate, gate)
         except BaseException:
             await loaded.batcher.close(0)
             raise
         old = model.active
         service.publish(candidate)  # complete: score, rollout, source, labels
         log.info("model swapped", extra={"model": name, "version": candidate.version,
-                                         "score": candidate.score})
+                                         "score": candidate.score, "gate": candidate.gate})
         if old is not None:  # drain: in-flight requests on the old version finish there
             await old.batcher.close(service.settings.drain_timeout_s)
-        return candidate.score
+        return candidate
 
     async def _gate(self, running: VersionRecord | None, candidate: VersionRecord,
-                    bundle: Bundle | None, gate: Gate) -> VersionRecord:
-        """The candidate with its golden-set score, or SwapRejectedError."""
-        if bundle is None:
-            return candidate
-        score = await self._service.score(candidate, bundle, queued=False)
-        running_score = None
-        if running is not None:
-            # The drop is measured on the same golden set: a running version not scored yet
-            # (its start-up scoring still queued, or refused under load) is scored now.
-            running_score = running.score
-            if running_score is None:
-                running_score = await self._service.score(running, bundle, queued=False)
-                self._service.revise(running, score=running_score, scored_at=time.monotonic())
+                    gate: Gate) -> VersionRecord:
+        """The candidate with its golden-set score and gate verdict, or SwapRejectedError."""
+        what = f"version {candidate.version} of {candidate.model!r}"
+        golden = candidate.golden
+        if golden is None:
+            if gate.require_golden:
+                raise SwapRejectedError(f"{what} has no golden set and require_golden is set")
+            log.warning("validation gate unchecked: the candidate has no golden set",
+                        extra={"model": candidate.model, "version": candidate.version})
+            return dataclasses.replace(candidate, gate=UNCHECKED)
+        try:
+            score = await self._service.score(candidate, golden, queued=False)
+        except GoldenSetError as exc:
+            raise SwapRejectedError(f"{what}: {exc.message}", exc.detail) from exc
+        running_score, drop_unchecked = await self._running_score(running, golden)
         reason = None
         if score < gate.min_score:
             reason = f"scored {score:.4f} < min_score {gate.min_score}"
         elif running_score is not None and running_score - score > gate.max_drop:
             reason = f"scored {score:.4f}, {running_score - score:.4f} under the running version"
         if reason is not None:
-            raise SwapRejectedError(
-                f"version {candidate.version} of {candidate.model!r} failed validation: {reason}",
-                {"score": score, "running": running_score},
-            )
-        return dataclasses.replace(candidate, score=score, scored_at=time.monotonic())
+            raise SwapRejectedError(f"{what} failed validation: {reason}",
+                                    {"score": score, "running": running_score})
+        verdict = f"passed: {golden.metric} {score:.4f} (min_score {gate.min_score})"
+        if running_score is not None:
+            verdict += f", {running_score - score:.4f} under the running version (max_drop " \
+                       f"{gate.max_drop})"
+        elif drop_unchecked:
+            verdict += f"; max_drop unchecked: {drop_unchecked}"
+            log.warning("max_drop unchecked", extra={"model": candidate.model,
+                                                     "version": candidate.version,
+                                                     "reason": drop_unchecked})
+        return dataclasses.replace(candidate, score=score, scored_at=time.monotonic(),
+                                   gate=verdict)
+
+    async def _running_score(self, running: VersionRecord | None,
+                             golden: GoldenSpec) -> tuple[float | None, str]:
+        """The running version's score on the candidate's golden set (its recorded score when
+        it was measured on that set; else measured now); or None and why not."""
+        if running is None:
+            return None, ""
+        if running.score is not None and running.golden is not None \
+                and running.golden.same_set(golden):
+            return running.score, ""
+        try:
+            score = await self._service.score(running, golden, queued=False)
+        except GoldenSetError as exc:  # a set for new classes or inputs the old one lacks
+            return None, f"the running version cannot be scored on it: {exc.message}"
+        if running.golden is not None and running.golden.same_set(golden):
+            self._service.revise(running, score=score, scored_at=time.monotonic())
+        return score, ""

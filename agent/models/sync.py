@@ -106,13 +106,14 @@ class Syncer:
             return f"running {running.version} ({cohort})"
         path = await self._fetcher.fetch(resolved)
         spec = dataclasses.replace(
-            spec_from_sidecar(path, resolved.sidecar, target.source, sha256=digest),
+            spec_from_sidecar(path, resolved.sidecar, target.source, sha256=digest,
+                              golden_path=self._fetcher.golden_path(resolved)),
             version=resolved.version,
         )
-        gate = Gate(plan.min_score, plan.max_drop)
-        score = await self._swapper.swap(plan.name, spec, gate, cohort)
+        gate = Gate(plan.min_score, plan.max_drop, plan.require_golden)
+        record = await self._swapper.swap(plan.name, spec, gate, cohort)
         self._remember(plan.name, spec, resolved)
-        return f"swapped to {spec.version} ({cohort}, score {score})"
+        return f"swapped to {spec.version} ({cohort}, score {record.score}, gate {record.gate})"
 
     def _remember(self, name: str, spec: VersionSpec, resolved: Resolved) -> None:
         version = CachedVersion(spec.version, spec.sha256, resolved.sidecar, spec.source)

@@ -18,6 +18,7 @@ from agent.models.sources import Fetcher, FileSource, HttpSource, RetryPolicy, S
 from agent.models.swap import Swapper
 from agent.models.sync import Syncer
 from agent.service import ModelService
+from inference.errors import EdgeError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,14 @@ def use_last_known_good(service: ModelService, cache: ModelCache) -> None:
         if name not in service.models or not versions:
             continue
         good = versions[0]
-        spec = spec_from_sidecar(cache.path(good.model), good.sidecar, good.source, good.model)
+        golden = cache.path(good.golden) if good.golden and cache.has(good.golden) else None
+        try:
+            spec = spec_from_sidecar(cache.path(good.model), good.sidecar, good.source,
+                                     good.model, golden_path=golden)
+        except EdgeError as exc:  # a sidecar state.json kept that no longer reads: settings'
+            log.error("cached last-known-good version unusable",
+                      extra={"model": name, "version": good.version, "error": exc.message})
+            continue
         service.start_from(name, dataclasses.replace(spec, version=good.version))
         log.info("starting from the cached last-known-good version",
                  extra={"model": name, "version": good.version})

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from lifecycle_helpers import FUSION, TOKEN, fusion_model, publish
+from oci_registry import Registry
 from support import TINY_MODEL, cache_dir, docker_engine, require
 
 from agent.http.app import create_app
@@ -61,6 +62,13 @@ def versions(tmp_path) -> dict[str, str]:
         "worse": publish(root / "worse", fusion_model("1.1.0", normal_bias=6.0), "1.1.0"),
         "wrong-digest": publish(root / "wrong", fusion_model("1.0.2"), "1.0.2", "ab" * 32),
     }
+
+
+@pytest.fixture
+def registry(tmp_path) -> Iterator[Registry]:
+    r = Registry(tmp_path)
+    yield r
+    r.stop()
 
 
 @pytest.fixture

@@ -67,8 +67,11 @@ def samples(text: str) -> dict:
 
 
 def write_manifest(path: Path, stable: str, canary: str | None = None, percent: int = 0,
-                   min_score: float = 0.9, max_drop: float = 0.02) -> None:
-    entry = {"stable": {"source": stable}, "min_score": min_score, "max_drop": max_drop}
+                   min_score: float = 0.9, max_drop: float = 0.02, model: str = "fusion",
+                   require_golden: bool | None = None) -> None:
+    entry: dict = {"stable": {"source": stable}, "min_score": min_score, "max_drop": max_drop}
     if canary:
         entry["canary"] = {"source": canary, "percent": percent}
-    path.write_text(json.dumps({"models": {"fusion": entry}}))  # JSON is YAML
+    if require_golden is not None:
+        entry["require_golden"] = require_golden
+    path.write_text(json.dumps({"models": {model: entry}}))  # JSON is YAML

@@ -102,3 +102,20 @@ async def test_state_round_trips_and_forgets_versions_whose_blobs_are_gone(tmp_p
     cache.state_file.write_text("{not json")
     assert cache.load_state() == {}
     assert cache.collect_garbage(keep=set()) == [parse_digest(DIGEST)]
+
+
+async def test_a_versions_golden_set_is_kept_with_it_and_collected_with_it(tmp_path):
+    cache = ModelCache(tmp_path)
+    golden = b"golden archive"
+    golden_digest = hashlib.sha256(golden).hexdigest()
+    await Store(cache).put(DIGEST, DATA, max_bytes=1 << 20)
+    await Store(cache).put(golden_digest, golden, max_bytes=1 << 20)
+    sidecar = {"name": "defects", "golden": {"file": "golden.tar", "sha256": golden_digest}}
+    version = CachedVersion("1.1.0", parse_digest(DIGEST), sidecar)
+    assert version.blobs() == {parse_digest(DIGEST), golden_digest}
+    keep = cache.remember("defects", version)
+    assert cache.collect_garbage(keep) == []
+    assert cache.has(golden_digest)
+    newer = CachedVersion("1.2.0", "3" * 64, {"name": "defects"})
+    assert cache.collect_garbage(cache.remember("defects", newer, keep=1)) != []
+    assert not cache.has(golden_digest)

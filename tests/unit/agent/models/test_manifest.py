@@ -42,7 +42,9 @@ def test_the_cohort_is_the_design_hash_rule_and_differs_between_models():
 def test_plans_choose_canary_or_stable_per_node():
     plans = parse_manifest(MANIFEST)
     defects = plans["defects"]
-    assert (defects.min_score, defects.max_drop) == (0.8, 0.02)
+    assert (defects.min_score, defects.max_drop, defects.require_golden) == (0.8, 0.02, False)
+    strict = parse_manifest("models: {m: {stable: {source: 'file:///x'}, require_golden: true}}")
+    assert strict["m"].require_golden is True
     nodes = [f"n{i}" for i in range(400)]
     inside = next(n for n in nodes if in_canary(n, "defects", 5))
     outside = next(n for n in nodes if not in_canary(n, "defects", 5))
@@ -62,6 +64,10 @@ def test_plans_choose_canary_or_stable_per_node():
          "models.m.canary.percent"),
         ("models: {m: {stable: {source: 'file:///x'}, min_score: 2}}", "models.m.min_score"),
         ("models: {m: {stable: {source: 'file:///x'}, colour: red}}", "unknown keys"),
+        ("models: {m: {stable: {source: 'file:///x'}, require_golden: 'yes'}}",
+         "models.m.require_golden: must be true or false"),
+        # Shadow and rollback are not built: their keys are refused, not ignored.
+        ("models: {m: {stable: {source: 'file:///x'}, min_agreement: 0.9}}", "unknown keys"),
     ],
 )
 def test_bad_manifests_name_the_entry(text, message):
