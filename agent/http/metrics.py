@@ -44,6 +44,7 @@ def _model_snapshot(name: str, record: VersionRecord | None) -> ModelSnapshot:
         failed_batches=record.batcher.failed_batches,
         expired=record.batcher.expired,
         overload_episodes=record.batcher.overload_episodes,
+        relayouts=record.batcher.relayouts,
     )
 
 

@@ -39,10 +39,12 @@ class ModelSnapshot:
     validation_score: float | None
     rollout: str = ""  # "stable" | "canary" once a fleet manifest assigned the node
     # The active version's queue, since it was loaded: batches that raised (then re-run one
-    # input at a time), requests whose deadline passed before they ran, overloads entered.
+    # input at a time), requests whose deadline passed before they ran, overloads entered,
+    # thread-layout switches.
     failed_batches: int = 0
     expired: int = 0
     overload_episodes: int = 0
+    relayouts: int = 0
 
 
 @dataclass(frozen=True)
@@ -200,7 +202,7 @@ def detail_families(recorder: Recorder, snap: Snapshot) -> list[Metric]:
         "edge_batcher_events",
         "What the active version's queue saw since it loaded: failed_batch (a batch raised and "
         "was re-run one input at a time), expired (deadline passed before the run), overload "
-        "(a standing queue was recognised).",
+        "(a standing queue was recognised), relayout (the CPU thread layout switched).",
         labels=["model", "version", "event"],
     )
     for m in snap.models:
@@ -208,6 +210,7 @@ def detail_families(recorder: Recorder, snap: Snapshot) -> list[Metric]:
             events.add_metric([m.name, m.version, "failed_batch"], m.failed_batches)
             events.add_metric([m.name, m.version, "expired"], m.expired)
             events.add_metric([m.name, m.version, "overload"], m.overload_episodes)
+            events.add_metric([m.name, m.version, "relayout"], m.relayouts)
     cameras = CounterMetricFamily(
         "edge_camera_frames",
         f"Frames by X-Camera-Id (at most {recorder.max_cameras} cameras; the rest as 'other').",

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import aiohttp
+import pytest
 from lifecycle_helpers import samples
 from support import Daemon
 
@@ -30,14 +31,17 @@ def cpu_hogs() -> list[subprocess.Popen[bytes]]:
     ]
 
 
-async def test_max_queue_closed_loop_cameras_get_no_503_on_a_busy_machine(tmp_path):
+@pytest.mark.parametrize("layout", ["fixed", "adaptive"])
+async def test_max_queue_closed_loop_cameras_get_no_503_on_a_busy_machine(tmp_path, layout):
+    """``fixed``: one single-threaded session. ``adaptive`` (the default): the model starts
+    wide and turns narrow under the cameras, with every frame answered across the switch."""
     config = tmp_path / "config.yaml"
     config.write_text(json.dumps({
         "models": [{"name": "defects", "bundled": "defects"}],
         # The default standing-queue interval (250 ms) is far shorter than the wait of a
         # frame behind five others on a contended CPU: the queue stands the whole time.
         "batching": {"max_queue": MAX_QUEUE, "max_batch": 1},
-        "runtime": {"intra_op_threads": 1},
+        "runtime": {"intra_op_threads": 1 if layout == "fixed" else 2, "thread_layout": layout},
         "validate_golden": False,
     }))
     d = Daemon(["--config", str(config), "--state-dir", str(tmp_path / "state")])
@@ -63,6 +67,8 @@ async def test_max_queue_closed_loop_cameras_get_no_503_on_a_busy_machine(tmp_pa
             await asyncio.gather(*(camera(http) for _ in range(MAX_QUEUE)))
             async with http.get(d.url + "/metrics") as resp:
                 metrics = await resp.text()
+            async with http.get(d.url + "/v1/models") as resp:
+                (described,) = (await resp.json())["models"]
     finally:
         for hog in hogs:
             hog.kill()
@@ -74,3 +80,11 @@ async def test_max_queue_closed_loop_cameras_get_no_503_on_a_busy_machine(tmp_pa
     events = {dict(labels)["event"]: value for (name, labels), value in samples(metrics).items()
               if name == "edge_batcher_events_total"}
     assert events["overload"] == 0, events
+    if layout == "adaptive":
+        assert events["relayout"] == 1, events
+        assert described["threads"] == {"layout": "narrow", "instances": 2,
+                                        "intra_op_threads": 1}
+    else:
+        assert events["relayout"] == 0, events
+        assert described["threads"] == {"layout": "fixed", "instances": 1,
+                                        "intra_op_threads": 1}

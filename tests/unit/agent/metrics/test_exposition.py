@@ -38,7 +38,7 @@ def busy_recorder() -> tuple[Recorder, Snapshot]:
         ready=True,
         models=[
             ModelSnapshot("defects", "1.0.0", DIGEST, "tensorrt", 3, 0.8586,
-                          failed_batches=2, expired=5, overload_episodes=1),
+                          failed_batches=2, expired=5, overload_episodes=1, relayouts=3),
             ModelSnapshot("fusion", "1.0.0", DIGEST, "tensorrt", 0, 0.97),
         ],
         accelerators=[Reading("0", "NVIDIA H100 80GB HBM3", 0.41, 2.1e9, 8.5e10, 63.0)],
@@ -115,7 +115,7 @@ def test_full_metrics_have_histograms_stages_cameras_and_process_and_are_promtoo
     assert ("process_resident_memory_bytes", frozenset()) in got
     events = {dict(lbl)["event"]: v for (name, lbl), v in got.items()
               if name == "edge_batcher_events_total" and dict(lbl)["model"] == "defects"}
-    assert events == {"failed_batch": 2, "expired": 5, "overload": 1}
+    assert events == {"failed_batch": 2, "expired": 5, "overload": 1, "relayout": 3}
 
 
 def test_nothing_is_invented_for_an_idle_cpu_node():
