@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from inference.session import rebuild_session
 log = logging.getLogger(__name__)
 
 ADAPTIVE, WIDE, NARROW, FIXED = "adaptive", "wide", "narrow", "fixed"
+RETRY_FAILED_SWITCH_S = 300.0  # building a session that failed (memory?) is not retried sooner
 THREAD_LAYOUTS = (ADAPTIVE, WIDE, NARROW, FIXED)
 
 
@@ -123,6 +125,7 @@ class AdaptiveLayout:
         self.policy = LayoutPolicy(layout.name) if adaptive else None
         self.batcher: Batcher[Any, Any] | None = None
         self._switching: asyncio.Task[None] | None = None
+        self._failed_at: float | None = None  # a failed switch is not tried again for a while
 
     def instances(self, first: ThreadPoolExecutor | None = None) -> list[Instance[Any, Any]]:
         """The current layout's instances; ``first``: the thread that built the session."""
@@ -141,6 +144,8 @@ class AdaptiveLayout:
 
     def on_batch_start(self, now: float, contended: bool) -> None:
         if self.policy is None or self._switching is not None:
+            return
+        if self._failed_at is not None and now - self._failed_at < RETRY_FAILED_SWITCH_S:
             return
         to = self.policy.observe(now, contended)
         if to is not None:
@@ -165,6 +170,7 @@ class AdaptiveLayout:
             log.error("thread layout switch failed",
                       extra={"model": self.model, "to": to.name, "error": repr(exc)})
             self.policy.switched(self.layout.name)  # judge afresh before trying again
+            self._failed_at = time.monotonic()
             return
         finally:
             self._switching = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -194,5 +195,30 @@ async def test_a_pinned_layout_is_served_as_set_and_never_switches(layout, threa
             await _run_concurrently(loaded.batcher, sample, 6)
         assert loaded.batcher.relayouts == 0
         assert loaded.batcher.threads == threads
+    finally:
+        await loaded.batcher.close(5)
+
+
+async def test_a_switch_that_cannot_build_its_session_keeps_serving_and_is_not_retried_at_once(
+    tmp_path, caplog
+):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(TINY_MODEL.read_bytes())
+    settings = load_settings(environ={}, overrides={
+        "models": [f"m={model}"], "runtime.providers": ["cpu"], "runtime.intra_op_threads": 2,
+    })
+    loaded = await load_version(settings, settings.models[0],
+                                VersionSpec(model, "file", file_digest(model)))
+    model.unlink()  # the file it would be built again from is gone
+    try:
+        sample = loaded.runner.sample_input()
+        with caplog.at_level(logging.ERROR, logger="agent.thread_layout"):
+            for _ in range(20):  # each round: 6 at once, so nearly every batch waited
+                outputs = await _run_concurrently(loaded.batcher, sample, 6)
+                assert len(outputs) == 6
+        failures = [r for r in caplog.records if r.getMessage() == "thread layout switch failed"]
+        assert len(failures) == 1, failures
+        assert loaded.batcher.relayouts == 0
+        assert loaded.batcher.threads["layout"] == "wide"
     finally:
         await loaded.batcher.close(5)
