@@ -71,12 +71,13 @@ def render(report: Report, model: Path, frame: Path, rounds: int) -> str:
 
 def _closed_loop_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| cameras | retry on 503 | frames/s | p50 ms | p99 ms | 503s | failed connections |"
-             " daemon CPU s | event loop CPU s | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             " daemon CPU s | event loop CPU s | peak RSS MiB | thread layout |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        layout = r["layout"] + (" (switched)" if r["switched"] else "")
         lines.append(f"| {r['cameras']} | {r['retry']} | {r['fps']:.1f} | {r['p50']:.0f} | "
                      f"{r['p99']:.0f} | {r['refused']} | {r['errors']} | {r['cpu_s']:.1f} | "
-                     f"{r['loop_cpu_s']:.2f} | {r['peak_rss'] / 2**20:.0f} |")
+                     f"{r['loop_cpu_s']:.2f} | {r['peak_rss'] / 2**20:.0f} | {layout} |")
     return lines
 
 
