@@ -75,6 +75,7 @@ class ModelService:
         # them); empty: shadow runs cost one emptiness check per request.
         self.shadows: dict[str, Shadow] = {}
         self.rollbacks: dict[str, int] = {}  # per model, since start
+        self.last_rollback: dict[str, dict[str, Any]] = {}  # per model: version, why
 
     # -- loading and publishing ----------------------------------------------------------
     def start_from(self, name: str, spec: VersionSpec) -> None:

@@ -122,6 +122,7 @@ async def list_models(request: web.Request) -> web.Response:
             out["shadow"] = shadow.describe()
         if service.rollbacks.get(m.name):
             out["rollbacks"] = service.rollbacks[m.name]
+            out["last_rollback"] = service.last_rollback[m.name]
         described.append(out)
     return json_response({"models": described})
 

@@ -122,6 +122,9 @@ class Baker:
             del service.shadows[new.model]
             service.publish(shadow.record)  # the previous record again, its queue still open
             service.rollbacks[new.model] = service.rollbacks.get(new.model, 0) + 1
+            service.last_rollback[new.model] = {
+                "version": bad.version, "digest": f"sha256:{bad.digest}", "reason": reason,
+                "agreement": shadow.agreement, "samples": shadow.samples}
             log.warning("model rolled back", extra={
                 "model": new.model, "version": bad.version, "to": shadow.record.version,
                 "reason": reason})
