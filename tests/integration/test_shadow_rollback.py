@@ -71,6 +71,18 @@ async def wait_for(predicate, what: str, timeout_s: float = 120.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+async def assert_one_version(client, version: str) -> None:
+    """``version`` serves alone: no shadow, no rollback, no shadow or rollback series."""
+    described = (await models(client))["defects"]
+    assert described["version"] == version
+    assert "shadow" not in described
+    assert "rollbacks" not in described
+    for path in ("/metrics", "/metrics/summary"):
+        text = await (await client.get(path)).text()
+        assert "edge_model_shadow" not in text
+        assert "edge_model_rollbacks" not in text
+
+
 @pytest.fixture
 def settings(lifecycle):
     manifest, make = lifecycle
@@ -114,12 +126,7 @@ async def test_a_same_weights_version_agrees_and_the_previous_one_goes_after_the
         return "shadow" not in (await models(client))["defects"]
 
     await wait_for(baked, "the end of the bake")
-    described = (await models(client))["defects"]
-    assert described["version"] == "1.1.0"
-    assert "rollbacks" not in described
-    text = await (await client.get("/metrics")).text()
-    assert "edge_model_shadow" not in text
-    assert "edge_model_rollbacks" not in text
+    await assert_one_version(client, "1.1.0")
     assert (await detect(client, frames(WITH_0_AND_3)[0])).status == 200
 
 
@@ -197,13 +204,7 @@ async def test_with_no_bake_no_second_version_is_kept_and_no_shadow_series_exist
     assert (await sync(client)).startswith("swapped to 1.1.0")
     for frame in frames(WITH_0_AND_3)[:4]:
         assert (await detect(client, frame)).status == 200
-    described = (await models(client))["defects"]
-    assert described["version"] == "1.1.0"
-    assert "shadow" not in described
-    text = await (await client.get("/metrics")).text()
-    assert "edge_model_shadow" not in text
-    assert "edge_model_rollbacks" not in text
-    assert "edge_model_shadow" not in await (await client.get("/metrics/summary")).text()
+    await assert_one_version(client, "1.1.0")
 
 
 async def test_tensor_model_shadow_compares_the_argmax_and_rolls_back_a_wrong_version(
