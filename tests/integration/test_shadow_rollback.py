@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -131,8 +132,9 @@ async def test_a_same_weights_version_agrees_and_the_previous_one_goes_after_the
 
 
 async def test_a_version_that_passes_its_golden_set_but_disagrees_live_is_rolled_back(
-    settings, client_factory, tmp_path
+    settings, client_factory, tmp_path, caplog
 ):
+    caplog.set_level(logging.INFO, logger="agent.models.bake")
     manifest, cfg = settings
     bad = defects_onnx(tmp_path / "bad.onnx", "1.2.0", swap_classes=(0, 3))
     sidecar = pack(bad, golden_folder(tmp_path / "g", frames=ONLY_1_AND_2), tmp_path / "v120",
@@ -180,6 +182,9 @@ async def test_a_version_that_passes_its_golden_set_but_disagrees_live_is_rolled
     assert last["version"] == "1.2.0", last
     assert last["agreement"] < 0.8, last
     assert "shadow agreement" in last["reason"], last
+    lines = [r for r in caplog.records if r.getMessage() == "model rolled back"]
+    assert len(lines) == 1
+    assert lines[0].levelno == logging.WARNING
     full = samples(await (await client.get("/metrics")).text())
     assert full[("edge_model_rollbacks_total", (("model", "defects"),))] == 1
     state = json.loads((cfg.state_dir / "models" / "state.json").read_text())
