@@ -19,11 +19,16 @@ from lifecycle_helpers import (
     DEFECTS,
     FUSION,
     defects_onnx,
+    fusion_model,
     golden_folder,
     models,
     pack,
+    publish,
     samples,
 )
+
+from agent.errors import DrainingError
+from agent.http import keys
 
 ONLY_1_AND_2 = ["003", "005", "006", "007", "009", "015", "017", "029", "035", "039"]
 WITH_0_AND_3 = ["000", "002", "004", "010", "012", "014", "016", "020"]  # the cameras' frames
@@ -101,6 +106,7 @@ async def test_a_same_weights_version_agrees_and_the_previous_one_goes_after_the
     assert (await sync(client)).startswith("swapped to 1.1.0")
     shadow = (await models(client))["defects"]["shadow"]
     assert shadow["version"] == BUNDLED
+    previous = client.server.app[keys.SERVICE].shadows["defects"].record.batcher
     seen: dict = {}
 
     async def sampled() -> bool:
@@ -127,6 +133,8 @@ async def test_a_same_weights_version_agrees_and_the_previous_one_goes_after_the
         return "shadow" not in (await models(client))["defects"]
 
     await wait_for(baked, "the end of the bake")
+    with pytest.raises(DrainingError):  # the previous version was unloaded
+        previous.reserve()
     await assert_one_version(client, "1.1.0")
     assert (await detect(client, frames(WITH_0_AND_3)[0])).status == 200
 
@@ -237,3 +245,37 @@ async def test_tensor_model_shadow_compares_the_argmax_and_rolls_back_a_wrong_ve
     assert fusion["version"] == FUSION.sidecar["version"]
     assert fusion["last_rollback"]["version"] == "9.9.9"
     assert fusion["last_rollback"]["agreement"] < 0.5
+
+
+async def test_a_newer_swap_ends_the_bake_and_a_shutdown_during_one_drains_both(
+    lifecycle, tmp_path, client_factory
+):
+    manifest, make = lifecycle
+    root = tmp_path / "share"
+    sources = {v: publish(root / v, fusion_model(v), v) for v in ("1.0.1", "1.0.2")}
+    bake = {"min_score": 0.9, "max_drop": 0.02, "bake_s": 600, "min_agreement": 0.9,
+            "shadow": {"percent": 100, "max_per_s": 20}}
+    client = await client_factory(make())
+    service = client.server.app[keys.SERVICE]
+    shadows = []
+    for version, previous in (("1.0.1", FUSION.sidecar["version"]), ("1.0.2", "1.0.1")):
+        entry = {"stable": {"source": sources[version]}, **bake}
+        manifest.write_text(json.dumps({"models": {"fusion": entry}}))
+        report = (await (await client.post("/v1/admin/sync", headers=AUTH)).json())["report"]
+        # (the start-up sync, waiting for the first, may have run this one already)
+        assert report["fusion"].split(" (")[0] in (f"swapped to {version}",
+                                                   f"running {version}"), report
+        fusion = (await models(client))["fusion"]
+        assert fusion["version"] == version
+        assert fusion["shadow"]["version"] == previous  # one second version, never two
+        shadows.append(service.shadows["fusion"].record.batcher)
+    with pytest.raises(DrainingError):  # the first bake's previous version was unloaded
+        shadows[0].reserve()
+    sample = (FUSION.folder / "sample-request.json").read_bytes()
+    assert (await client.post("/v2/models/fusion/infer", data=sample)).status == 200
+    shadows[1].reserve().release()  # still loaded
+    await client.close()  # shutdown during the bake: the shadow drains too
+    assert service.shadows == {}
+    assert service.clean_shutdown
+    with pytest.raises(DrainingError):
+        shadows[1].reserve()
