@@ -214,7 +214,11 @@ async def test_with_no_bake_no_second_version_is_kept_and_no_shadow_series_exist
     source = share(tmp_path / "v110", defects_onnx(tmp_path / "d.onnx", "1.1.0"), "1.1.0")
     manifest_for(manifest, source)  # no bake_s: off
     client = await client_factory(cfg)
+    old = client.server.app[keys.SERVICE].models["defects"].active
+    assert old is not None
     assert (await sync(client)).startswith("swapped to 1.1.0")
+    with pytest.raises(DrainingError):  # the old version was unloaded at once
+        old.batcher.reserve()
     for frame in frames(WITH_0_AND_3)[:4]:
         assert (await detect(client, frame)).status == 200
     await assert_one_version(client, "1.1.0")
