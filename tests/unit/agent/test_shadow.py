@@ -33,10 +33,20 @@ def record(version: str, gate: threading.Event) -> VersionRecord:
     return cast(VersionRecord, Record("m", version, "ab" * 32, batcher))
 
 
-async def test_a_sample_runs_only_on_an_idle_shadow_and_a_live_model_not_overloaded():
+def versions() -> tuple[threading.Event, VersionRecord, VersionRecord]:
+    """An open gate both versions' runs wait on, the live version and the previous one."""
     gate = threading.Event()
     gate.set()
-    live, previous = record("2", gate), record("1", gate)
+    return gate, record("2", gate), record("1", gate)
+
+
+async def close(*records: VersionRecord) -> None:
+    for r in records:
+        await r.batcher.close(1)
+
+
+async def test_a_sample_runs_only_on_an_idle_shadow_and_a_live_model_not_overloaded():
+    gate, live, previous = versions()
     shadow = Shadow(previous, ShadowPolicy(percent=100, max_per_s=1000))
     assert shadow.take(live)
     assert not shadow.take(previous)  # the shadow's own requests are not sampled
@@ -55,14 +65,11 @@ async def test_a_sample_runs_only_on_an_idle_shadow_and_a_live_model_not_overloa
     assert shadow.dropped == 2
     live.batcher.admission.overloaded = False
     assert shadow.take(live)
-    for r in (live, previous):
-        await r.batcher.close(1)
+    await close(live, previous)
 
 
 async def test_samples_are_rate_bounded_and_sampled_at_the_percentage():
-    gate = threading.Event()
-    gate.set()
-    live, previous = record("2", gate), record("1", gate)
+    _, live, previous = versions()
     slow = Shadow(previous, ShadowPolicy(percent=100, max_per_s=0.001))
     assert slow.take(live)
     assert not any(slow.take(live) for _ in range(100))  # over the rate: not samples at all
@@ -72,14 +79,12 @@ async def test_samples_are_rate_bounded_and_sampled_at_the_percentage():
     some = Shadow(previous, ShadowPolicy(percent=30, max_per_s=1e9))
     taken = sum(some.take(live) for _ in range(2000))
     assert 450 < taken < 750, taken
-    for r in (live, previous):
-        await r.batcher.close(1)
+    await close(live, previous)
 
 
 async def test_agreement_is_the_mean_of_the_last_samples_and_failures_are_dropped():
-    gate = threading.Event()
-    gate.set()
-    shadow = Shadow(record("1", gate), ShadowPolicy(), window=4)
+    _, _, previous = versions()
+    shadow = Shadow(previous, ShadowPolicy(), window=4)
     assert shadow.agreement is None
 
     async def value(v: float) -> float:
@@ -97,4 +102,4 @@ async def test_agreement_is_the_mean_of_the_last_samples_and_failures_are_droppe
     assert shadow.window_samples == 4
     assert shadow.agreement == 0.875  # the first sample left the window of 4
     assert shadow.describe()["agreement"] == 0.875
-    await shadow.record.batcher.close(1)
+    await close(previous)
