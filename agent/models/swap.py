@@ -1,6 +1,7 @@
 """Hot swap: a new version loads, warms up and is validated beside the running one, then takes
-over in one step; the old one drains and is freed. Readiness never drops; a version that fails
-to load, warm up or pass the validation gate is refused and the old one keeps serving."""
+over in one step; the old one drains and is freed (or, for a bake, is kept loaded as the shadow:
+:mod:`agent.models.bake`). Readiness never drops; a version that fails to load, warm up or pass
+the validation gate is refused and the old one keeps serving."""
 
 from __future__ import annotations
 
