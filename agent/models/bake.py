@@ -128,8 +128,13 @@ class Baker:
             log.warning("model rolled back", extra={
                 "model": new.model, "version": bad.version, "to": shadow.record.version,
                 "reason": reason})
-            try:
-                await self._on_rollback(bad)
-            except Exception:  # the rollback stands; only its record on disk failed
-                log.exception("could not record the rolled-back version")
-            await self._unload(bad)
+            # Shielded: a bake ended meanwhile (a newer swap, a shutdown) still records and
+            # frees the bad version.
+            await asyncio.shield(self._forget(bad))
+
+    async def _forget(self, bad: VersionRecord) -> None:
+        try:
+            await self._on_rollback(bad)
+        except Exception:  # the rollback stands; only its record on disk failed
+            log.exception("could not record the rolled-back version")
+        await self._unload(bad)
