@@ -32,7 +32,9 @@ from agent.kinds import direct_scoring, kind_adapters
 from agent.loading import VersionSpec, load_version, spec_from_settings
 from agent.records import LoadState, Model, VersionRecord
 from agent.settings import Settings
+from agent.shadow import Shadow
 from inference import Detection, PreparedImage, Thresholds, YoloV8Detector
+from inference.agreement import argmax_agreement, detection_agreement
 from inference.golden import GoldenSpec
 from inference.kinds import AUTO
 from inference.tensor import TensorModel
@@ -69,6 +71,11 @@ class ModelService:
         self.clean_shutdown = True
         self.models: dict[str, Model] = {m.name: Model(m) for m in settings.models}
         self._first: dict[str, VersionSpec] = {}  # what to load first, where not the settings'
+        # Second versions loaded beside the active ones (agent.models.bake adds and removes
+        # them); empty: shadow runs cost one emptiness check per request.
+        self.shadows: dict[str, Shadow] = {}
+        self.rollbacks: dict[str, int] = {}  # per model, since start
+        self.last_rollback: dict[str, dict[str, Any]] = {}  # per model: version, why
 
     # -- loading and publishing ----------------------------------------------------------
     def start_from(self, name: str, spec: VersionSpec) -> None:
@@ -253,6 +260,8 @@ class ModelService:
             t3 = time.monotonic()
         finally:
             slot.release()
+        if self.shadows:
+            self._shadow_detect(record, image, thresholds, detections)
         return DetectResult(
             record,
             prepared.width,
@@ -286,7 +295,58 @@ class ModelService:
             outputs, run = await record.batcher.submit(slot, tensors, deadline)
         finally:
             slot.release()
+        if self.shadows:
+            self._shadow_infer(record, tensors, outputs)
         return InferResult(record, outputs, _timing(run, received_at))
+
+    # -- shadow runs (agent.shadow): after the live answer, never before it ------------------
+    def _shadow_detect(self, live: VersionRecord, image: bytes, thresholds: Thresholds,
+                       detections: list[Detection]) -> None:
+        shadow = self.shadows.get(live.model)
+        if shadow is None or not shadow.take(live):
+            return
+        # At the model's conf, or the request's where higher: both sides at the same one.
+        conf = max(thresholds.conf, live.defaults.conf)
+        at = Thresholds(conf, thresholds.iou, thresholds.max_det)
+        mine = [d for d in detections if d.score >= conf]
+        record = shadow.record
+        detector = cast(YoloV8Detector, record.runner)
+        max_pixels = self.settings.limits.max_image_pixels
+
+        async def compare() -> float:
+            loop = asyncio.get_running_loop()
+            slot = record.batcher.reserve()
+            try:
+                prepared = await loop.run_in_executor(
+                    self._pre_pool, detector.preprocess, image, max_pixels)
+                raw, _ = await record.batcher.submit(slot, prepared.blob)
+                theirs = await loop.run_in_executor(
+                    self._pre_pool, detector.postprocess, raw, prepared, at)
+            finally:
+                slot.release()
+            return detection_agreement(mine, theirs)
+
+        shadow.run(compare)
+
+    def _shadow_infer(self, live: VersionRecord, tensors: dict[str, np.ndarray],
+                      outputs: dict[str, np.ndarray]) -> None:
+        shadow = self.shadows.get(live.model)
+        if shadow is None or not shadow.take(live):
+            return
+        record = shadow.record
+        first = cast(TensorModel, live.runner).outputs[0].name
+
+        async def compare() -> float:
+            mine = cast(TensorModel, record.runner).validate(tensors)
+            slot = record.batcher.reserve()
+            try:
+                theirs, _ = await record.batcher.submit(slot, mine)
+            finally:
+                slot.release()
+            other = theirs.get(first)
+            return 0.0 if other is None else argmax_agreement(outputs[first], other)
+
+        shadow.run(compare)
 
     async def score(self, record: VersionRecord, golden: GoldenSpec, queued: bool = True) -> float:
         """``record``'s score on ``golden``. ``queued``: every item through its queue like a

@@ -210,6 +210,7 @@ async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     yield
     await _cancel(syncing)
+    await syncer.close()  # bakes end: their previous versions drain before the service does
 
 
 async def _rescore(service: ModelService, interval_s: float) -> None:

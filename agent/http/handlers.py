@@ -114,7 +114,17 @@ async def livez(request: web.Request) -> web.Response:
 
 async def list_models(request: web.Request) -> web.Response:
     service = request.app[keys.SERVICE]
-    return json_response({"models": [m.describe() for m in service.models.values()]})
+    described = []
+    for m in service.models.values():
+        out = m.describe()
+        shadow = service.shadows.get(m.name)
+        if shadow is not None:
+            out["shadow"] = shadow.describe()
+        if service.rollbacks.get(m.name):
+            out["rollbacks"] = service.rollbacks[m.name]
+            out["last_rollback"] = service.last_rollback[m.name]
+        described.append(out)
+    return json_response({"models": described})
 
 
 async def v2_live(request: web.Request) -> web.Response:

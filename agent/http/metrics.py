@@ -10,8 +10,15 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from agent.http import keys
 from agent.http.errors import Handler
 from agent.metrics.accelerators import read_all
-from agent.metrics.exposition import ModelSnapshot, Snapshot, render_full, render_summary
+from agent.metrics.exposition import (
+    ModelSnapshot,
+    ShadowSnapshot,
+    Snapshot,
+    render_full,
+    render_summary,
+)
 from agent.records import VersionRecord
+from agent.service import ModelService
 
 
 @web.middleware
@@ -30,9 +37,11 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     return response
 
 
-def _model_snapshot(name: str, record: VersionRecord | None) -> ModelSnapshot:
+def _model_snapshot(service: ModelService, name: str,
+                    record: VersionRecord | None) -> ModelSnapshot:
     if record is None:  # not loaded (yet): no version to name
         return ModelSnapshot(name, "", "", "", 0, None)
+    shadow = service.shadows.get(name)
     return ModelSnapshot(
         name=name,
         version=record.version,
@@ -45,12 +54,15 @@ def _model_snapshot(name: str, record: VersionRecord | None) -> ModelSnapshot:
         expired=record.batcher.expired,
         overload_episodes=record.batcher.overload_episodes,
         relayouts=record.batcher.relayouts,
+        shadow=None if shadow is None else ShadowSnapshot(
+            shadow.record.version, shadow.agreement, shadow.samples),
+        rollbacks=service.rollbacks.get(name, 0),
     )
 
 
 async def _snapshot(app: web.Application) -> Snapshot:
     service, shutdown = app[keys.SERVICE], app[keys.SHUTDOWN]
-    models = [_model_snapshot(name, m.active) for name, m in service.models.items()]
+    models = [_model_snapshot(service, name, m.active) for name, m in service.models.items()]
     probes = app[keys.ACCELERATORS]
     # NVML calls are quick but are system calls into a driver: off the event loop.
     readings = await asyncio.to_thread(read_all, probes) if probes else []

@@ -28,6 +28,15 @@ QUANTILES = (0.5, 0.95, 0.99)
 
 
 @dataclass(frozen=True)
+class ShadowSnapshot:
+    """The second version loaded beside the active one (a bake), and how far it agrees."""
+
+    version: str
+    agreement: float | None  # over the last samples (agent.shadow.WINDOW); None: none yet
+    samples: int  # since it became the shadow
+
+
+@dataclass(frozen=True)
 class ModelSnapshot:
     """What the exposition needs to know of a served model (its active version)."""
 
@@ -45,6 +54,8 @@ class ModelSnapshot:
     expired: int = 0
     overload_episodes: int = 0
     relayouts: int = 0
+    shadow: ShadowSnapshot | None = None
+    rollbacks: int = 0  # since start
 
 
 @dataclass(frozen=True)
@@ -115,7 +126,15 @@ def summary_families(recorder: Recorder, snap: Snapshot) -> list[Metric]:
         "1 when this node runs the model's canary version, 0 stable.",
         labels=["model", "version"],
     )
+    agreement = GaugeMetricFamily(
+        "edge_model_shadow_agreement",
+        "Agreement of the shadow version with the live answers over its last samples "
+        "(detectors: F1 at IoU 0.5, same class; tensor models: same argmax).",
+        labels=["model", "version"],
+    )
     for m, s in stats:
+        if m.shadow is not None and m.shadow.agreement is not None:
+            agreement.add_metric([m.name, m.shadow.version], m.shadow.agreement)
         depth.add_metric([m.name], m.queue_depth)
         depth_max.add_metric([m.name], max(s.queue_max.value(), m.queue_depth))
         rate.add_metric([m.name], s.throughput.per_second())
@@ -130,7 +149,8 @@ def summary_families(recorder: Recorder, snap: Snapshot) -> list[Metric]:
         if m.rollout:
             canary.add_metric([m.name, m.version], int(m.rollout == "canary"))
     ready = GaugeMetricFamily("edge_ready", "1 when /health answers 200.", value=int(snap.ready))
-    families = [latency, depth, depth_max, rate, codes, rejected, info, score, canary, ready]
+    families = [latency, depth, depth_max, rate, codes, rejected, info, score, canary,
+                agreement, ready]
     if snap.control_plane is not None:
         connected, last_success = snap.control_plane
         if connected is not None:
@@ -211,6 +231,18 @@ def detail_families(recorder: Recorder, snap: Snapshot) -> list[Metric]:
             events.add_metric([m.name, m.version, "expired"], m.expired)
             events.add_metric([m.name, m.version, "overload"], m.overload_episodes)
             events.add_metric([m.name, m.version, "relayout"], m.relayouts)
+    shadow_samples = CounterMetricFamily(
+        "edge_model_shadow_samples", "Live requests also run on the shadow version and compared.",
+        labels=["model", "version"],
+    )
+    rollbacks = CounterMetricFamily(
+        "edge_model_rollbacks", "Swaps undone within their bake (since start).", labels=["model"]
+    )
+    for m in snap.models:
+        if m.shadow is not None:
+            shadow_samples.add_metric([m.name, m.shadow.version], m.shadow.samples)
+        if m.rollbacks:
+            rollbacks.add_metric([m.name], m.rollbacks)
     cameras = CounterMetricFamily(
         "edge_camera_frames",
         f"Frames by X-Camera-Id (at most {recorder.max_cameras} cameras; the rest as 'other').",
@@ -218,7 +250,8 @@ def detail_families(recorder: Recorder, snap: Snapshot) -> list[Metric]:
     )
     for (model, camera), frames in sorted(recorder.cameras.items()):
         cameras.add_metric([model, camera], frames)
-    return [f for f in (stages, total, per_stage, events, cameras) if f.samples]
+    return [f for f in (stages, total, per_stage, events, shadow_samples, rollbacks, cameras)
+            if f.samples]
 
 
 def render_summary(recorder: Recorder, snap: Snapshot) -> bytes:

@@ -114,8 +114,7 @@ class ModelCache:
         return removed
 
     # -- state.json ------------------------------------------------------------------------
-    def load_state(self) -> dict[str, list[CachedVersion]]:
-        """Model -> versions, newest first; the first is the last-known-good one."""
+    def _read_state(self) -> dict[str, Any]:
         try:
             raw = json.loads(self.state_file.read_text())
         except FileNotFoundError:
@@ -123,6 +122,11 @@ class ModelCache:
         except (OSError, ValueError) as exc:
             log.error("state.json unreadable: starting without it", extra={"error": str(exc)})
             return {}
+        return raw if isinstance(raw, dict) else {}
+
+    def load_state(self) -> dict[str, list[CachedVersion]]:
+        """Model -> versions, newest first; the first is the last-known-good one."""
+        raw = self._read_state()
         state: dict[str, list[CachedVersion]] = {}
         for name, versions in (raw.get("models") or {}).items():
             kept = []
@@ -147,8 +151,33 @@ class ModelCache:
         self.save_state(state)
         return {blob for vs in state.values() for v in vs for blob in v.blobs()}
 
-    def save_state(self, state: dict[str, list[CachedVersion]]) -> None:
-        doc = {"models": {name: [asdict(v) for v in versions] for name, versions in state.items()}}
+    def rejected(self) -> dict[str, str]:
+        """Model -> digest (hex) of the version rolled back on this node: not to be tried
+        again while the manifest names it."""
+        raw = self._read_state().get("rejected")
+        return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+
+    def reject(self, name: str, digest: str) -> None:
+        """Record ``digest`` as ``name``'s rolled-back version: no longer its last-known-good
+        (a restart starts from the version before it), not retried by the sync."""
+        state = self.load_state()
+        state[name] = [v for v in state.get(name, []) if v.model != digest]
+        self.save_state(state, {**self.rejected(), name: digest})
+
+    def forgive(self, name: str) -> None:
+        """The manifest names another version of ``name``: its rejection has served."""
+        rejected = self.rejected()
+        if rejected.pop(name, None) is not None:
+            self.save_state(self.load_state(), rejected)
+
+    def save_state(self, state: dict[str, list[CachedVersion]],
+                   rejected: dict[str, str] | None = None) -> None:
+        """Write ``state`` (and ``rejected``; None: keep what the file says)."""
+        rejected = self.rejected() if rejected is None else rejected
+        doc: dict[str, Any] = {
+            "models": {name: [asdict(v) for v in versions] for name, versions in state.items()}}
+        if rejected:
+            doc["rejected"] = rejected
         try:
             atomic_write(self.state_file, (json.dumps(doc, indent=2) + "\n").encode())
         except OSError as exc:

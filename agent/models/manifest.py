@@ -8,6 +8,10 @@ models:
     min_score: 0.80      # a candidate scoring under this on the golden set is refused
     max_drop: 0.02       # ... or scoring more than this under the running version
     require_golden: true # a candidate with no golden set is refused (else: gate unchecked)
+    bake_s: 600          # after a swap the previous version stays loaded this long (0: off)
+    min_agreement: 0.9   # ... and comes back if the shadow agreement falls under this
+    min_samples: 20      # ... over at least this many shadow samples
+    shadow: {percent: 10, max_per_s: 2}  # live requests also run on the previous version
 ```
 
 A node is in a model's canary cohort when
@@ -19,11 +23,13 @@ and model, independent across models, and the same answer on every node of the f
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
+from agent.models.bake import BakePolicy
+from agent.shadow import ShadowPolicy
 from inference.errors import EdgeError
 
 SCHEMES = ("oci://", "https://", "http://", "file://")
@@ -47,6 +53,7 @@ class ModelPlan:
     min_score: float = 0.0
     max_drop: float = 1.0
     require_golden: bool = False
+    bake: BakePolicy = field(default_factory=BakePolicy)
 
     def choose(self, node_name: str) -> tuple[Target, str]:
         """The target this node runs, and its cohort: ``"canary"`` or ``"stable"``."""
@@ -74,7 +81,8 @@ def _plan(name: str, entry: Any) -> ModelPlan:
     where = f"models.{name}"
     if not isinstance(entry, dict):
         raise ManifestError(f"{where}: expected a mapping with 'stable'")
-    unknown = set(entry) - {"stable", "canary", "min_score", "max_drop", "require_golden"}
+    unknown = set(entry) - {"stable", "canary", "min_score", "max_drop", "require_golden",
+                            "bake_s", "min_agreement", "min_samples", "shadow"}
     if unknown:
         raise ManifestError(f"{where}: unknown keys {sorted(unknown)}")
     stable = _target(entry.get("stable"), f"{where}.stable", canary=False)
@@ -85,7 +93,31 @@ def _plan(name: str, entry: Any) -> ModelPlan:
     require_golden = entry.get("require_golden", False)
     if not isinstance(require_golden, bool):
         raise ManifestError(f"{where}.require_golden: must be true or false")
-    return ModelPlan(name, stable, canary, min_score, max_drop, require_golden)
+    return ModelPlan(name, stable, canary, min_score, max_drop, require_golden,
+                     _bake(entry, where, min_score))
+
+
+def _bake(entry: dict[str, Any], where: str, min_score: float) -> BakePolicy:
+    bake_s = entry.get("bake_s", 0.0)
+    if isinstance(bake_s, bool) or not isinstance(bake_s, (int, float)) or bake_s < 0:
+        raise ManifestError(f"{where}.bake_s: must be a number of seconds >= 0")
+    raw_agreement = entry.get("min_agreement")
+    min_agreement = None if raw_agreement is None else _number(
+        raw_agreement, f"{where}.min_agreement")
+    min_samples = entry.get("min_samples", BakePolicy.min_samples)
+    if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 1:
+        raise ManifestError(f"{where}.min_samples: must be an integer >= 1")
+    shadow = entry.get("shadow") or {}
+    if not isinstance(shadow, dict) or set(shadow) - {"percent", "max_per_s"}:
+        raise ManifestError(f"{where}.shadow: expected {{percent: ..., max_per_s: ...}}")
+    defaults = ShadowPolicy()
+    percent = _number(shadow.get("percent", defaults.percent), f"{where}.shadow.percent",
+                      upper=100.0)
+    max_per_s = shadow.get("max_per_s", defaults.max_per_s)
+    if isinstance(max_per_s, bool) or not isinstance(max_per_s, (int, float)) or max_per_s <= 0:
+        raise ManifestError(f"{where}.shadow.max_per_s: must be a number > 0")
+    return BakePolicy(float(bake_s), min_agreement, min_samples, min_score,
+                      ShadowPolicy(percent, float(max_per_s)))
 
 
 def _target(raw: Any, where: str, canary: bool) -> Target:

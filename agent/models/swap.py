@@ -1,6 +1,7 @@
 """Hot swap: a new version loads, warms up and is validated beside the running one, then takes
-over in one step; the old one drains and is freed. Readiness never drops; a version that fails
-to load, warm up or pass the validation gate is refused and the old one keeps serving."""
+over in one step; the old one drains and is freed (or, for a bake, is kept loaded as the shadow:
+:mod:`agent.models.bake`). Readiness never drops; a version that fails to load, warm up or pass
+the validation gate is refused and the old one keeps serving."""
 
 from __future__ import annotations
 
@@ -47,14 +48,20 @@ class Swapper:
         self._service = service
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def swap(self, name: str, spec: VersionSpec, gate: Gate,
-                   rollout: str) -> VersionRecord:
-        """Returns the candidate's record as published (its golden-set score, its gate)."""
-        async with self._locks.setdefault(name, asyncio.Lock()):
-            return await self._swap(name, spec, gate, rollout)
+    def lock(self, name: str) -> asyncio.Lock:
+        """Held through a swap of ``name``, and by whatever else replaces its version."""
+        return self._locks.setdefault(name, asyncio.Lock())
 
-    async def _swap(self, name: str, spec: VersionSpec, gate: Gate,
-                    rollout: str) -> VersionRecord:
+    async def swap(self, name: str, spec: VersionSpec, gate: Gate, rollout: str,
+                   keep_previous: bool = False) -> tuple[VersionRecord, VersionRecord | None]:
+        """Returns the candidate's record as published (its golden-set score, its gate) and
+        the record it replaced. ``keep_previous``: that one is not drained but left loaded
+        (the caller owns it: a bake keeps it as the shadow and the way back)."""
+        async with self.lock(name):
+            return await self._swap(name, spec, gate, rollout, keep_previous)
+
+    async def _swap(self, name: str, spec: VersionSpec, gate: Gate, rollout: str,
+                    keep_previous: bool) -> tuple[VersionRecord, VersionRecord | None]:
         service = self._service
         model = service.get(name)
         cfg = model.settings
@@ -77,9 +84,9 @@ class Swapper:
         service.publish(candidate)  # complete: score, rollout, source, labels
         log.info("model swapped", extra={"model": name, "version": candidate.version,
                                          "score": candidate.score, "gate": candidate.gate})
-        if old is not None:  # drain: in-flight requests on the old version finish there
-            await old.batcher.close(service.settings.drain_timeout_s)
-        return candidate
+        if old is not None and not keep_previous:
+            await retire(service, old)
+        return candidate, old
 
     async def _gate(self, running: VersionRecord | None, candidate: VersionRecord,
                     gate: Gate) -> VersionRecord:
@@ -133,3 +140,8 @@ class Swapper:
         if running.golden is not None and running.golden.same_set(golden):
             self._service.revise(running, score=score, scored_at=time.monotonic())
         return score, ""
+
+
+async def retire(service: ModelService, record: VersionRecord) -> None:
+    """Drain a version no longer published (in-flight requests finish there) and free it."""
+    await record.batcher.close(service.settings.drain_timeout_s)

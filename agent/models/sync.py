@@ -19,10 +19,13 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from agent.loading import VersionSpec, spec_from_sidecar
+from agent.models.bake import Baker
 from agent.models.cache import CachedVersion, ModelCache, parse_digest
 from agent.models.manifest import ModelPlan, parse_manifest
+from agent.models.memory import room_for
 from agent.models.sources import Fetcher, Resolved, UnreachableError
 from agent.models.swap import Gate, Swapper
+from agent.records import VersionRecord
 from agent.service import ModelService
 from inference.errors import EdgeError
 
@@ -57,6 +60,7 @@ class Syncer:
         self._keep = keep_versions
         self._lock = asyncio.Lock()
         self.status = SyncStatus()
+        self.baker = Baker(service, swapper, self._reject)
 
     async def sync(self) -> dict[str, Any]:
         """One pass; returns what happened per model (for the admin endpoint and the log)."""
@@ -104,6 +108,12 @@ class Syncer:
         if running is not None and digest == running.digest:
             self._service.revise(running, source=target.source, rollout=cohort)
             return f"running {running.version} ({cohort})"
+        rejected = await asyncio.to_thread(self._cache.rejected)
+        if rejected.get(plan.name) == digest:
+            return (f"not retried: {resolved.version} was rolled back on this node (until the "
+                    f"manifest names another version)")
+        if plan.name in rejected:
+            await asyncio.to_thread(self._cache.forgive, plan.name)
         path = await self._fetcher.fetch(resolved)
         spec = dataclasses.replace(
             spec_from_sidecar(path, resolved.sidecar, target.source, sha256=digest,
@@ -111,9 +121,28 @@ class Syncer:
             version=resolved.version,
         )
         gate = Gate(plan.min_score, plan.max_drop, plan.require_golden)
-        record = await self._swapper.swap(plan.name, spec, gate, cohort)
+        await self.baker.finish(plan.name)  # a bake in progress ends: its previous version goes
+        bake = plan.bake.bake_s > 0 and self._room(plan.name, spec.path)
+        record, previous = await self._swapper.swap(plan.name, spec, gate, cohort,
+                                                    keep_previous=bake)
         self._remember(plan.name, spec, resolved)
+        if bake and previous is not None:
+            self.baker.start(record, previous, plan.bake)
         return f"swapped to {spec.version} ({cohort}, score {record.score}, gate {record.gate})"
+
+    def _room(self, name: str, path: Path) -> bool:
+        room, needed, available = room_for(path)
+        if not room:
+            log.warning("no room for two versions: swapping with no shadow and no bake",
+                        extra={"model": name, "needed_bytes": needed,
+                               "available_bytes": available})
+        return room
+
+    async def _reject(self, bad: VersionRecord) -> None:
+        await asyncio.to_thread(self._cache.reject, bad.model, bad.digest)
+
+    async def close(self) -> None:
+        await self.baker.close()
 
     def _remember(self, name: str, spec: VersionSpec, resolved: Resolved) -> None:
         version = CachedVersion(spec.version, spec.sha256, resolved.sidecar, spec.source)

@@ -7,70 +7,25 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from aiohttp import web
-from lifecycle_helpers import AUTH, FUSION, fusion_model, models, publish, write_manifest
-from onnx import numpy_helper
+from lifecycle_helpers import (
+    AUTH,
+    DEFECTS,
+    FUSION,
+    cache_import,
+    defects_onnx,
+    fusion_model,
+    golden_folder,
+    models,
+    pack,
+    publish,
+    write_manifest,
+)
 from support import TINY_MODEL
-
-from inference.bundled import BUNDLE_ROOT, read_bundle
-
-DEFECTS = read_bundle(BUNDLE_ROOT / "defects")
-FRAMES = [f"{i:03d}" for i in range(12)]  # a dozen frames: every class, a quick score
-
-
-def pack(onnx_file: Path, golden: Path, out: Path, name: str, version: str) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-m", "agent", "model", "pack", str(onnx_file), str(golden), "--out",
-         str(out), "--name", name, "--version", version],
-        capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stderr
-    return json.loads((out / "model.json").read_text())
-
-
-def cache_import(sidecar: Path, state_dir: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "agent", "cache", "import", str(sidecar), "--state-dir",
-         str(state_dir)], capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
-def defects_onnx(path: Path, version: str, swap_classes: tuple[int, int] | None = None) -> Path:
-    """The bundled detector as another version (its own digest); ``swap_classes``: the head's
-    weights for two classes exchanged, so it calls each of them by the other's name."""
-    model = onnx.load(str(DEFECTS.model_path))
-    model.metadata_props.add(key="edge_version", value=version)
-    if swap_classes is not None:
-        a, b = swap_classes
-        for init in model.graph.initializer:
-            if ".cv3." in init.name and init.name.endswith((".2.weight", ".2.bias")):
-                array = numpy_helper.to_array(init).copy()
-                array[[a, b]] = array[[b, a]]
-                init.CopyFrom(numpy_helper.from_array(array, init.name))
-    onnx.save(model, str(path))
-    return path
-
-
-def golden_folder(root: Path, swap_labels: tuple[int, int] | None = None) -> Path:
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    for name in FRAMES:
-        shutil.copy(DEFECTS.golden_path / f"{name}.jpg", root / "images")
-        lines = (DEFECTS.golden_path / f"{name}.txt").read_text().splitlines()
-        if swap_labels is not None:
-            a, b = swap_labels
-            swap = {str(a): str(b), str(b): str(a)}
-            lines = [" ".join([swap.get(ln.split()[0], ln.split()[0]), *ln.split()[1:]])
-                     for ln in lines if ln.strip()]
-        (root / "labels" / f"{name}.txt").write_text("\n".join(lines) + "\n")
-    return root
 
 
 def defects_settings(make, registry=None):

@@ -119,3 +119,22 @@ async def test_a_versions_golden_set_is_kept_with_it_and_collected_with_it(tmp_p
     newer = CachedVersion("1.2.0", "3" * 64, {"name": "defects"})
     assert cache.collect_garbage(cache.remember("defects", newer, keep=1)) != []
     assert not cache.has(golden_digest)
+
+
+async def test_a_rolled_back_version_is_no_longer_last_known_good_and_stays_rejected(tmp_path):
+    cache = ModelCache(tmp_path)
+    other = b"the previous version"
+    await Store(cache).put(DIGEST, DATA, max_bytes=1 << 20)
+    await Store(cache).put(hashlib.sha256(other).hexdigest(), other, max_bytes=1 << 20)
+    previous = CachedVersion("1.0.0", hashlib.sha256(other).hexdigest())
+    bad = CachedVersion("1.1.0", parse_digest(DIGEST))
+    cache.remember("defects", previous)
+    cache.remember("defects", bad)
+    cache.reject("defects", bad.model)
+    assert cache.load_state() == {"defects": [previous]}
+    assert cache.rejected() == {"defects": bad.model}
+    cache.remember("fusion", CachedVersion("2.0.0", parse_digest(DIGEST)))  # other writes keep it
+    assert cache.rejected() == {"defects": bad.model}
+    cache.forgive("defects")
+    assert cache.rejected() == {}
+    assert cache.load_state()["defects"] == [previous]

@@ -66,8 +66,15 @@ def test_plans_choose_canary_or_stable_per_node():
         ("models: {m: {stable: {source: 'file:///x'}, colour: red}}", "unknown keys"),
         ("models: {m: {stable: {source: 'file:///x'}, require_golden: 'yes'}}",
          "models.m.require_golden: must be true or false"),
-        # Shadow and rollback are not built: their keys are refused, not ignored.
-        ("models: {m: {stable: {source: 'file:///x'}, min_agreement: 0.9}}", "unknown keys"),
+        ("models: {m: {stable: {source: 'file:///x'}, min_agreement: 1.5}}",
+         "models.m.min_agreement"),
+        ("models: {m: {stable: {source: 'file:///x'}, bake_s: -1}}", "models.m.bake_s"),
+        ("models: {m: {stable: {source: 'file:///x'}, min_samples: 0}}", "models.m.min_samples"),
+        ("models: {m: {stable: {source: 'file:///x'}, shadow: {percent: 101}}}",
+         "models.m.shadow.percent"),
+        ("models: {m: {stable: {source: 'file:///x'}, shadow: {max_per_s: 0}}}",
+         "models.m.shadow.max_per_s"),
+        ("models: {m: {stable: {source: 'file:///x'}, shadow: {rate: 3}}}", "models.m.shadow"),
     ],
 )
 def test_bad_manifests_name_the_entry(text, message):
@@ -81,3 +88,15 @@ def test_the_readme_fleet_manifest_example_is_valid():
     plans = parse_manifest(section.split("```yaml\n", 1)[1].split("```", 1)[0])
     assert plans["defects"].canary is not None
     assert plans["defects"].canary.percent == 5
+
+
+def test_bake_and_shadow_are_off_by_default_and_read_with_their_defaults():
+    off = parse_manifest(MANIFEST)["defects"].bake
+    assert (off.bake_s, off.min_agreement) == (0.0, None)
+    plan = parse_manifest(
+        "models: {m: {stable: {source: 'file:///x'}, min_score: 0.7, bake_s: 30, "
+        "min_agreement: 0.9, shadow: {percent: 50}}}")["m"]
+    bake = plan.bake
+    assert (bake.bake_s, bake.min_agreement, bake.min_samples, bake.min_score) == \
+        (30.0, 0.9, 20, 0.7)
+    assert (bake.shadow.percent, bake.shadow.max_per_s) == (50.0, 2.0)
