@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.http import keys
 from inference.bundled import BUNDLE_ROOT, read_bundle
 
 FUSION = read_bundle(BUNDLE_ROOT / "fusion")
@@ -128,3 +131,16 @@ def golden_folder(root: Path, swap_labels: tuple[int, int] | None = None,
                      for ln in lines if ln.strip()]
         (root / "labels" / f"{name}.txt").write_text("\n".join(lines) + "\n")
     return root
+
+
+async def first_sync_done(client: Any) -> None:
+    """Wait for the sync a daemon with a fleet manifest runs once its models are loaded and
+    scored. A test that writes its manifest after the start waits for it first: on a busy
+    machine that sync could start late enough to read the test's manifest and act on it
+    before the test's own sync does."""
+    syncer = client.app[keys.SYNCER]
+    for _ in range(6000):
+        if syncer.status.connected is not None:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the first model sync did not finish")

@@ -18,6 +18,7 @@ from lifecycle_helpers import (
     FUSION,
     cache_import,
     defects_onnx,
+    first_sync_done,
     fusion_model,
     golden_folder,
     models,
@@ -89,7 +90,7 @@ async def test_degraded_detectors_are_refused_by_min_score_and_by_max_drop(
     behind = registry.push(tmp_path / "v130", "models/defects:1.3.0", files)
     manifest, make = lifecycle
     client = await client_factory(defects_settings(make, registry))
-
+    await first_sync_done(client)
     write_manifest(manifest, low, model="defects", min_score=0.8, max_drop=1.0)
     report = await sync(client)
     assert report.startswith("refused"), report
@@ -122,7 +123,7 @@ async def test_a_file_share_carries_the_golden_set_beside_the_model_and_a_corrup
     manifest, make = lifecycle
     settings = make()
     client = await client_factory(settings)
-
+    await first_sync_done(client)
     write_manifest(manifest, (tmp_path / "v101" / "model.json").as_uri())
     report = await sync(client)
     assert report.startswith("swapped to 1.0.1"), report
@@ -151,6 +152,7 @@ async def test_no_golden_set_is_refused_under_require_golden_and_else_served_unc
     plain = publish(tmp_path / "plain", fusion_model("1.0.1"), "1.0.1")
     client = await client_factory(make(models=[
         {"name": "fusion", "path": str(FUSION.model_path), "kind": "tensor"}]))
+    await first_sync_done(client)
     assert (await models(client))["fusion"]["gate"] == "unchecked: no golden set"
 
     write_manifest(manifest, plain, require_golden=True)
@@ -232,6 +234,7 @@ async def test_max_drop_is_reported_unchecked_when_the_running_version_cannot_sc
                    tmp_path / "v200", "parts", "2.0.0")
     manifest, make = lifecycle
     client = await client_factory(make(models=[{"name": "parts", "path": str(TINY_MODEL)}]))
+    await first_sync_done(client)
     write_manifest(manifest, (tmp_path / "v200" / "model.json").as_uri(), model="parts",
                    min_score=0.5, max_drop=0.0)
     report = await sync(client)
