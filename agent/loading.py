@@ -149,9 +149,9 @@ async def load_version(
     names = dict(enumerate(cfg.names or spec.labels)) or None
     config = session_config(settings)
     nice = settings.runtime.worker_nice
-    layout = choose_layout(settings.runtime.thread_layout, first_provider(config), config.threads())
+    cores = config.threads()
+    layout = choose_layout(settings.runtime.thread_layout, first_provider(config), cores)
     if layout is not None:  # one session, as many inference threads as the layout has
-        cores = config.threads()
         config = dataclasses.replace(config, intra_op_threads=layout.intra_op_threads)
     # One thread per instance runs its session for good, and creates it: ONNX Runtime's pool
     # threads are started by the creating thread and inherit its (lowered) priority.
