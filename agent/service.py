@@ -232,8 +232,10 @@ class ModelService:
         deadline_s: float | None = None,
         received_at: float | None = None,
         ticket: Ticket | None = None,
+        live: bool = True,
     ) -> DetectResult:
-        """One image through ``record``'s version (admitted for "yolov8")."""
+        """One image through ``record``'s version (admitted for "yolov8"). ``live``: a
+        camera's frame, which a shadow may sample (a golden-set item is not one)."""
         received_at = time.monotonic() if received_at is None else received_at
         detector = cast(YoloV8Detector, record.runner)
         d = record.defaults
@@ -260,7 +262,7 @@ class ModelService:
             t3 = time.monotonic()
         finally:
             slot.release()
-        if self.shadows:
+        if self.shadows and live:
             self._shadow_detect(record, image, thresholds, detections)
         return DetectResult(
             record,
@@ -284,6 +286,7 @@ class ModelService:
         deadline_s: float | None = None,
         received_at: float | None = None,
         ticket: Ticket | None = None,
+        live: bool = True,
     ) -> InferResult:
         """One Open Inference Protocol request through ``record``'s queue (admitted for
         "tensor")."""
@@ -295,7 +298,7 @@ class ModelService:
             outputs, run = await record.batcher.submit(slot, tensors, deadline)
         finally:
             slot.release()
-        if self.shadows:
+        if self.shadows and live:
             self._shadow_infer(record, tensors, outputs)
         return InferResult(record, outputs, _timing(run, received_at))
 
@@ -309,22 +312,16 @@ class ModelService:
         conf = max(thresholds.conf, live.defaults.conf)
         at = Thresholds(conf, thresholds.iou, thresholds.max_det)
         mine = [d for d in detections if d.score >= conf]
-        record = shadow.record
-        detector = cast(YoloV8Detector, record.runner)
+        detector = cast(YoloV8Detector, shadow.runner)
         max_pixels = self.settings.limits.max_image_pixels
 
+        def run() -> list[Detection]:
+            prepared = detector.preprocess(image, max_pixels)
+            raw = detector.infer([prepared.blob])[0]
+            return detector.postprocess(raw, prepared, at)
+
         async def compare() -> float:
-            loop = asyncio.get_running_loop()
-            slot = record.batcher.reserve()
-            try:
-                prepared = await loop.run_in_executor(
-                    self._pre_pool, detector.preprocess, image, max_pixels)
-                raw, _ = await record.batcher.submit(slot, prepared.blob)
-                theirs = await loop.run_in_executor(
-                    self._pre_pool, detector.postprocess, raw, prepared, at)
-            finally:
-                slot.release()
-            return detection_agreement(mine, theirs)
+            return detection_agreement(mine, await shadow.call(run))
 
         shadow.run(compare)
 
@@ -333,17 +330,14 @@ class ModelService:
         shadow = self.shadows.get(live.model)
         if shadow is None or not shadow.take(live):
             return
-        record = shadow.record
+        model = cast(TensorModel, shadow.runner)
         first = cast(TensorModel, live.runner).outputs[0].name
 
+        def run() -> dict[str, np.ndarray]:
+            return model.infer([model.validate(tensors)])[0]
+
         async def compare() -> float:
-            mine = cast(TensorModel, record.runner).validate(tensors)
-            slot = record.batcher.reserve()
-            try:
-                theirs, _ = await record.batcher.submit(slot, mine)
-            finally:
-                slot.release()
-            other = theirs.get(first)
+            other = (await shadow.call(run)).get(first)
             return 0.0 if other is None else argmax_agreement(outputs[first], other)
 
         shadow.run(compare)
@@ -358,11 +352,12 @@ class ModelService:
             return await record.kind.score(record.runner, golden, detect, infer)
 
         async def detect_queued(image: bytes, thresholds: Thresholds) -> list[Detection]:
-            result = await self.detect(record, image, conf=thresholds.conf, iou=thresholds.iou)
+            result = await self.detect(record, image, conf=thresholds.conf, iou=thresholds.iou,
+                                       live=False)
             return result.detections
 
         async def infer_queued(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return (await self.infer(record, inputs)).outputs
+            return (await self.infer(record, inputs, live=False)).outputs
 
         return await record.kind.score(record.runner, golden, detect_queued, infer_queued)
 

@@ -244,6 +244,9 @@ class ModelSyncSettings:
     watch_interval_s: float = 2.0  # a file manifest is checked this often for a change; 0: not
     keep_versions: int = 3  # cached versions kept per model (the running one included)
     max_model_bytes: int = 2 * 1024**3
+    # A second version (a shadowed candidate, the previous one in a bake) is kept loaded only
+    # when this much memory stays available beside it: the rest of the node's work needs room.
+    min_free_memory_mb: int = 256
     retry_attempts: int = 5  # per download or manifest read, exponential backoff with jitter
     retry_max_s: float = 30.0
     # A connection that connects or sends nothing for this long is dead (a cut uplink can leave
@@ -259,6 +262,7 @@ class ModelSyncSettings:
         _check(self.watch_interval_s >= 0, f"{where}.watch_interval_s", "must be >= 0")
         _check(1 <= self.keep_versions <= 100, f"{where}.keep_versions", "must be in 1..100")
         _check(self.max_model_bytes > 0, f"{where}.max_model_bytes", "must be > 0")
+        _check(self.min_free_memory_mb >= 0, f"{where}.min_free_memory_mb", "must be >= 0")
         _check(1 <= self.retry_attempts <= 100, f"{where}.retry_attempts", "must be in 1..100")
         _check(self.retry_max_s > 0, f"{where}.retry_max_s", "must be > 0")
         _check(self.stall_timeout_s > 0, f"{where}.stall_timeout_s", "must be > 0")

@@ -11,7 +11,9 @@ models:
     bake_s: 600          # after a swap the previous version stays loaded this long (0: off)
     min_agreement: 0.9   # ... and comes back if the shadow agreement falls under this
     min_samples: 20      # ... over at least this many shadow samples
-    shadow: {percent: 10, max_per_s: 2}  # live requests also run on the previous version
+    shadow: {percent: 10, max_per_s: 2, before_swap_s: 120}
+      # live requests also run on the second loaded version: the candidate for up to
+      # before_swap_s before its swap (refused under min_agreement), the previous one in the bake
 ```
 
 A node is in a model's canary cohort when
@@ -28,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from agent.models.bake import BakePolicy
+from agent.models.policy import BakePolicy
 from agent.shadow import ShadowPolicy
 from inference.errors import EdgeError
 
@@ -98,9 +100,7 @@ def _plan(name: str, entry: Any) -> ModelPlan:
 
 
 def _bake(entry: dict[str, Any], where: str, min_score: float) -> BakePolicy:
-    bake_s = entry.get("bake_s", 0.0)
-    if isinstance(bake_s, bool) or not isinstance(bake_s, (int, float)) or bake_s < 0:
-        raise ManifestError(f"{where}.bake_s: must be a number of seconds >= 0")
+    bake_s = _seconds(entry.get("bake_s", 0.0), f"{where}.bake_s")
     raw_agreement = entry.get("min_agreement")
     min_agreement = None if raw_agreement is None else _number(
         raw_agreement, f"{where}.min_agreement")
@@ -108,16 +108,24 @@ def _bake(entry: dict[str, Any], where: str, min_score: float) -> BakePolicy:
     if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 1:
         raise ManifestError(f"{where}.min_samples: must be an integer >= 1")
     shadow = entry.get("shadow") or {}
-    if not isinstance(shadow, dict) or set(shadow) - {"percent", "max_per_s"}:
-        raise ManifestError(f"{where}.shadow: expected {{percent: ..., max_per_s: ...}}")
+    if not isinstance(shadow, dict) or set(shadow) - {"percent", "max_per_s", "before_swap_s"}:
+        raise ManifestError(
+            f"{where}.shadow: expected {{percent: ..., max_per_s: ..., before_swap_s: ...}}")
     defaults = ShadowPolicy()
     percent = _number(shadow.get("percent", defaults.percent), f"{where}.shadow.percent",
                       upper=100.0)
     max_per_s = shadow.get("max_per_s", defaults.max_per_s)
     if isinstance(max_per_s, bool) or not isinstance(max_per_s, (int, float)) or max_per_s <= 0:
         raise ManifestError(f"{where}.shadow.max_per_s: must be a number > 0")
-    return BakePolicy(float(bake_s), min_agreement, min_samples, min_score,
-                      ShadowPolicy(percent, float(max_per_s)))
+    before_swap_s = _seconds(shadow.get("before_swap_s", 0.0), f"{where}.shadow.before_swap_s")
+    return BakePolicy(bake_s, min_agreement, min_samples, min_score,
+                      ShadowPolicy(percent, float(max_per_s), before_swap_s))
+
+
+def _seconds(raw: Any, where: str) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw < 0:
+        raise ManifestError(f"{where}: must be a number of seconds >= 0")
+    return float(raw)
 
 
 def _target(raw: Any, where: str, canary: bool) -> Target:

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 
 from agent.loading import VersionSpec, load_version
+from agent.models.policy import BakePolicy
+from agent.models.trial import shadow_before_swap
 from agent.records import UNCHECKED, VersionRecord
 from agent.service import ModelService
 from inference.errors import EdgeError, GoldenSetError
@@ -53,15 +55,19 @@ class Swapper:
         return self._locks.setdefault(name, asyncio.Lock())
 
     async def swap(self, name: str, spec: VersionSpec, gate: Gate, rollout: str,
-                   keep_previous: bool = False) -> tuple[VersionRecord, VersionRecord | None]:
+                   keep_previous: bool = False, trial: BakePolicy | None = None
+                   ) -> tuple[VersionRecord, VersionRecord | None]:
         """Returns the candidate's record as published (its golden-set score, its gate) and
         the record it replaced. ``keep_previous``: that one is not drained but left loaded
-        (the caller owns it: a bake keeps it as the shadow and the way back)."""
+        (the caller owns it: a bake keeps it as the shadow and the way back). ``trial``: the
+        candidate is shadowed on live frames before it takes over (:mod:`agent.models.trial`)
+        when a version is running."""
         async with self.lock(name):
-            return await self._swap(name, spec, gate, rollout, keep_previous)
+            return await self._swap(name, spec, gate, rollout, keep_previous, trial)
 
     async def _swap(self, name: str, spec: VersionSpec, gate: Gate, rollout: str,
-                    keep_previous: bool) -> tuple[VersionRecord, VersionRecord | None]:
+                    keep_previous: bool, trial: BakePolicy | None
+                    ) -> tuple[VersionRecord, VersionRecord | None]:
         service = self._service
         model = service.get(name)
         cfg = model.settings
@@ -77,6 +83,9 @@ class Swapper:
         try:
             _check_kind(model.kind, loaded.kind, spec.source, name)
             candidate = await self._gate(model.active, candidate, gate)
+            if trial is not None and model.active is not None:
+                shadowed = await shadow_before_swap(service, candidate, trial)
+                candidate = dataclasses.replace(candidate, gate=candidate.gate + shadowed)
         except BaseException:
             await loaded.batcher.close(0)
             raise

@@ -25,6 +25,7 @@ from agent.models.manifest import ModelPlan, parse_manifest
 from agent.models.memory import room_for
 from agent.models.sources import Fetcher, Resolved, UnreachableError
 from agent.models.swap import Gate, Swapper
+from agent.models.trial import ShadowRefusedError
 from agent.records import VersionRecord
 from agent.service import ModelService
 from inference.errors import EdgeError
@@ -107,6 +108,7 @@ class Syncer:
         running = self._service.get(plan.name).active
         if running is not None and digest == running.digest:
             self._service.revise(running, source=target.source, rollout=cohort)
+            self.baker.revise(plan.name, plan.bake)  # a bake judges by the manifest as it is
             return f"running {running.version} ({cohort})"
         rejected = await asyncio.to_thread(self._cache.rejected)
         if rejected.get(plan.name) == digest:
@@ -122,16 +124,29 @@ class Syncer:
         )
         gate = Gate(plan.min_score, plan.max_drop, plan.require_golden)
         await self.baker.finish(plan.name)  # a bake in progress ends: its previous version goes
-        bake = plan.bake.bake_s > 0 and self._room(plan.name, spec.path)
-        record, previous = await self._swapper.swap(plan.name, spec, gate, cohort,
-                                                    keep_previous=bake)
+        policy = plan.bake
+        second = running is not None and (policy.bake_s > 0 or policy.shadow.before_swap_s > 0) \
+            and self._room(plan.name, spec.path)
+        try:
+            record, previous = await self._swapper.swap(
+                plan.name, spec, gate, cohort, keep_previous=second and policy.bake_s > 0,
+                trial=policy if second and policy.shadow.before_swap_s > 0 else None)
+        except ShadowRefusedError:
+            await asyncio.to_thread(self._cache.reject, plan.name, digest)
+            log.warning("candidate refused after its shadow run: not retried until the "
+                        "manifest names another version",
+                        extra={"model": plan.name, "version": spec.version})
+            raise
         self._remember(plan.name, spec, resolved)
-        if bake and previous is not None:
-            self.baker.start(record, previous, plan.bake)
+        if previous is not None and second and policy.bake_s > 0:
+            await self.baker.start(record, previous, policy)
         return f"swapped to {spec.version} ({cohort}, score {record.score}, gate {record.gate})"
 
     def _room(self, name: str, path: Path) -> bool:
-        room, needed, available = room_for(path)
+        """Room for the candidate's sessions and a shadow session beside the running version,
+        keeping ``min_free_memory_mb`` free; else no shadow and no bake, said once a swap."""
+        min_free = self._service.settings.lifecycle.min_free_memory_mb * 1024 * 1024
+        room, needed, available = room_for(path, sessions=2, min_free_bytes=min_free)
         if not room:
             log.warning("no room for two versions: swapping with no shadow and no bake",
                         extra={"model": name, "needed_bytes": needed,

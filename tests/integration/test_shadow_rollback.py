@@ -11,6 +11,9 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
+import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -52,6 +55,7 @@ def manifest_for(path: Path, source: str, **policy) -> None:
 
 
 BAKE = {"min_agreement": 0.8, "min_samples": 5, "shadow": {"percent": 100, "max_per_s": 20}}
+BEFORE_AND_BAKE = {**BAKE, "shadow": {**BAKE["shadow"], "before_swap_s": 120}}
 
 
 async def sync(client) -> str:
@@ -96,17 +100,79 @@ def settings(lifecycle):
                           revalidate_interval_s=0)
 
 
-async def test_a_same_weights_version_agrees_and_the_previous_one_goes_after_the_bake(
+class Cameras:
+    """Cameras sending ``frames`` in a loop through the in-process test client: the versions
+    that answered, in order, and any failed request."""
+
+    def __init__(self, client, sent: list[bytes], count: int = 2) -> None:
+        self.answers: list[str] = []
+        self.failures: list[str] = []
+        self._stop = asyncio.Event()
+        self._tasks = [asyncio.create_task(self._camera(client, sent, i)) for i in range(count)]
+
+    async def _camera(self, client, sent: list[bytes], index: int) -> None:
+        i = index
+        while not self._stop.is_set():
+            resp = await detect(client, sent[i % len(sent)])
+            body = await resp.json()
+            if resp.status != 200:
+                self.failures.append(f"{resp.status} {body}")
+                continue
+            self.answers.append(body["version"])
+            i += 1
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+
+def shadow_threads() -> dict[str, int]:
+    """This process's shadow threads and their nice values."""
+    return {t.name: os.getpriority(os.PRIO_PROCESS, t.native_id) for t in threading.enumerate()
+            if t.name.startswith("shadow-") and t.native_id is not None}
+
+
+async def test_a_same_weights_version_agrees_before_its_swap_and_in_the_bake(
     settings, client_factory, tmp_path
 ):
     manifest, cfg = settings
     source = share(tmp_path / "v110", defects_onnx(tmp_path / "d.onnx", "1.1.0"), "1.1.0")
-    manifest_for(manifest, source, bake_s=15, **BAKE)
+    manifest_for(manifest, source, bake_s=15, **BEFORE_AND_BAKE)
     client = await client_factory(cfg)
-    assert (await sync(client)).startswith("swapped to 1.1.0")
+    service = client.server.app[keys.SERVICE]
+    cameras = Cameras(client, frames(WITH_0_AND_3))
+    seen_before: dict = {}
+
+    async def watch() -> None:  # the candidate, shadowed before the swap
+        while not seen_before:
+            shadow = service.shadows.get("defects")
+            if shadow is not None and shadow.stage == "before swap":
+                seen_before.update(shadow.describe(), threads=shadow_threads())
+            await asyncio.sleep(0.01)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        report = await sync(client)
+    finally:
+        await cameras.stop()
+        watcher.cancel()
+    print(f"before the swap: {seen_before}; {report}")
+    assert report.startswith("swapped to 1.1.0"), report
+    agreement = re.search(r"shadowed before the swap: agreement ([0-9.]+) over (\d+)", report)
+    assert agreement is not None, report
+    assert float(agreement[1]) >= 0.95, report
+    assert int(agreement[2]) >= 5, report
+    assert not cameras.failures, cameras.failures[:5]
+    assert seen_before["version"] == "1.1.0"  # the candidate was the shadow
+    assert seen_before["provider"] == "cpu"
+    assert seen_before["intra_op_threads"] == 1
+    assert seen_before["threads"]
+    assert set(seen_before["threads"].values()) == {19}
+    assert set(cameras.answers[:3]) == {BUNDLED}  # the running version answered meanwhile
     shadow = (await models(client))["defects"]["shadow"]
     assert shadow["version"] == BUNDLED
-    previous = client.server.app[keys.SERVICE].shadows["defects"].record.batcher
+    assert shadow["stage"] == "bake"
+    previous = service.shadows["defects"].record.batcher
     seen: dict = {}
 
     async def sampled() -> bool:
@@ -149,23 +215,7 @@ async def test_a_version_that_passes_its_golden_set_but_disagrees_live_is_rolled
                    "defects", "1.2.0")
     manifest_for(manifest, (tmp_path / "v120" / "model.json").as_uri(), bake_s=120, **BAKE)
     client = await client_factory(cfg)
-    cameras_frames = frames(WITH_0_AND_3)
-    answers: list[str] = []
-    failures: list[str] = []
-    stop = asyncio.Event()
-
-    async def camera(index: int) -> None:
-        i = index
-        while not stop.is_set():
-            resp = await detect(client, cameras_frames[i % len(cameras_frames)])
-            body = await resp.json()
-            if resp.status != 200:
-                failures.append(f"{resp.status} {body}")
-                continue
-            answers.append(body["version"])
-            i += 1
-
-    cameras = [asyncio.create_task(camera(i)) for i in range(2)]
+    cameras = Cameras(client, frames(WITH_0_AND_3))
     try:
         report = await sync(client)  # the swap, under the cameras' load
         assert report.startswith("swapped to 1.2.0"), report
@@ -177,9 +227,9 @@ async def test_a_version_that_passes_its_golden_set_but_disagrees_live_is_rolled
         await wait_for(rolled_back, "the rollback")
         await asyncio.sleep(0.5)  # the cameras go on across it
     finally:
-        stop.set()
-        await asyncio.gather(*cameras)
-    assert not failures, failures[:5]
+        await cameras.stop()
+    answers = cameras.answers
+    assert not cameras.failures, cameras.failures[:5]
     assert "1.2.0" in answers, answers[-5:]
     assert answers[-1] == BUNDLED, answers[-5:]
     described = (await models(client))["defects"]
@@ -207,16 +257,96 @@ async def test_a_version_that_passes_its_golden_set_but_disagrees_live_is_rolled
     assert (await models(restarted))["defects"]["version"] == BUNDLED
 
 
-async def test_with_no_bake_no_second_version_is_kept_and_no_shadow_series_exist(
+async def test_a_candidate_that_disagrees_live_before_its_swap_is_refused_and_not_retried(
     settings, client_factory, tmp_path
 ):
     manifest, cfg = settings
+    bad = defects_onnx(tmp_path / "bad.onnx", "1.2.0", swap_classes=(0, 3))
+    sidecar = pack(bad, golden_folder(tmp_path / "g", frames=ONLY_1_AND_2), tmp_path / "v120",
+                   "defects", "1.2.0")
+    manifest_for(manifest, (tmp_path / "v120" / "model.json").as_uri(), bake_s=120,
+                 **BEFORE_AND_BAKE)
+    client = await client_factory(cfg)
+    cameras = Cameras(client, frames(WITH_0_AND_3))
+    try:
+        report = await sync(client)
+    finally:
+        await cameras.stop()
+    print(f"{len(cameras.answers)} answers; {report}")
+    assert report.startswith("refused: version 1.2.0 of 'defects' disagreed with the running "
+                             "version on live frames before its swap"), report
+    assert not cameras.failures, cameras.failures[:5]
+    assert set(cameras.answers) == {BUNDLED}  # the candidate never answered
+    described = (await models(client))["defects"]
+    assert described["version"] == BUNDLED
+    assert "shadow" not in described
+    assert "rollbacks" not in described
+    state = json.loads((cfg.state_dir / "models" / "state.json").read_text())
+    assert state["rejected"] == {"defects": sidecar["sha256"]}
+    assert (await sync(client)).startswith("not retried: 1.2.0")
+
+
+async def test_a_bake_rolls_back_on_a_score_under_the_gate_the_manifest_sets_during_it(
+    lifecycle, versions, client_factory
+):
+    """A version scoring 0.93 (the bundled one 0.97) passes min_score 0.9; while it bakes the
+    manifest raises min_score to 0.95 (an operator tightening the gate): the bake's own score
+    through the live queue is now under it, and the previous version comes back."""
+    manifest, make = lifecycle
+    entry = {"stable": {"source": versions["worse"]}, "min_score": 0.9, "max_drop": 0.05,
+             "bake_s": 300}
+    manifest.write_text(json.dumps({"models": {"fusion": entry}}))
+    client = await client_factory(make(revalidate_interval_s=0))
+    report = (await (await client.post("/v1/admin/sync", headers=AUTH)).json())["report"]
+    # (the start-up sync, waiting for the first, may have run this one already)
+    assert report["fusion"].split(" (")[0] in ("swapped to 1.1.0", "running 1.1.0"), report
+    assert (await models(client))["fusion"]["shadow"]["stage"] == "bake"
+    sample = (FUSION.folder / "sample-request.json").read_bytes()
+    manifest.write_text(json.dumps({"models": {"fusion": {**entry, "min_score": 0.95}}}))
+    report = (await (await client.post("/v1/admin/sync", headers=AUTH)).json())["report"]
+    assert report["fusion"].startswith("running 1.1.0"), report
+    failures: list[int] = []
+
+    async def rolled_back() -> bool:
+        resp = await client.post("/v2/models/fusion/infer", data=sample)
+        if resp.status != 200:
+            failures.append(resp.status)
+        return "rollbacks" in (await models(client))["fusion"]
+
+    await wait_for(rolled_back, "the rollback")
+    fusion = (await models(client))["fusion"]
+    print(f"fusion rolled back on its score: {fusion['last_rollback']}")
+    assert not failures, failures
+    assert fusion["version"] == FUSION.sidecar["version"]
+    assert fusion["last_rollback"]["version"] == "1.1.0"
+    assert re.fullmatch(r"golden-set score 0\.9[0-4]\d* < min_score 0\.95",
+                        fusion["last_rollback"]["reason"]), fusion["last_rollback"]
+    state = json.loads((client.server.app[keys.SETTINGS].state_dir / "models" /
+                        "state.json").read_text())
+    assert "fusion" in state["rejected"]
+
+
+@pytest.mark.parametrize("why", ["no bake_s", "no room"])
+async def test_with_no_bake_no_second_version_is_kept_and_no_shadow_series_exist(
+    lifecycle, client_factory, tmp_path, caplog, why
+):
+    """No bake in the manifest; or one, on a node that would not keep the free memory it is
+    told to keep (``lifecycle.min_free_memory_mb`` over what this machine has)."""
+    manifest, make = lifecycle
+    cfg = make(models=[{"name": "defects", "bundled": "defects"}], revalidate_interval_s=0,
+               **({"lifecycle.min_free_memory_mb": 1 << 30} if why == "no room" else {}))
     source = share(tmp_path / "v110", defects_onnx(tmp_path / "d.onnx", "1.1.0"), "1.1.0")
-    manifest_for(manifest, source)  # no bake_s: off
+    policy = {"bake_s": 600, **BEFORE_AND_BAKE}
+    manifest_for(manifest, source, **(policy if why == "no room" else {}))
     client = await client_factory(cfg)
     old = client.server.app[keys.SERVICE].models["defects"].active
     assert old is not None
-    assert (await sync(client)).startswith("swapped to 1.1.0")
+    caplog.set_level(logging.WARNING, logger="agent.models.sync")
+    report = await sync(client)
+    assert report.startswith("swapped to 1.1.0"), report
+    assert "shadowed before the swap" not in report
+    no_room = [r for r in caplog.records if r.getMessage().startswith("no room for two")]
+    assert len(no_room) == (1 if why == "no room" else 0)
     with pytest.raises(DrainingError):  # the old version was unloaded at once
         old.batcher.reserve()
     for frame in frames(WITH_0_AND_3)[:4]:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, cast
 
 from agent.batcher import Batcher, Instance
@@ -21,6 +23,9 @@ class Record:
     version: str
     digest: str
     batcher: Batcher[Any, Any]
+    # (the samples here are plain coroutines: no model runs)
+    runner: Any = field(default_factory=lambda: SimpleNamespace(
+        provider="cpu", loaded=SimpleNamespace(intra_op_threads=1)))
 
 
 def record(version: str, gate: threading.Event) -> VersionRecord:
@@ -45,27 +50,48 @@ async def close(*records: VersionRecord) -> None:
         await r.batcher.close(1)
 
 
-async def test_a_sample_runs_only_on_an_idle_shadow_and_a_live_model_not_overloaded():
-    gate, live, previous = versions()
+async def test_a_sample_runs_only_when_none_is_in_flight_and_the_live_model_is_not_overloaded():
+    _gate, live, previous = versions()
     shadow = Shadow(previous, ShadowPolicy(percent=100, max_per_s=1000))
-    assert shadow.take(live)
     assert not shadow.take(previous)  # the shadow's own requests are not sampled
-    gate.clear()  # the shadow's queue busy with one run
-    slot = previous.batcher.reserve()
-    busy = asyncio.create_task(previous.batcher.submit(slot, 1))
-    await asyncio.sleep(0.05)
-    assert previous.batcher.busy
-    assert not shadow.take(live)
+    assert shadow.take(live)
+    release = asyncio.Event()
+
+    async def slow() -> float:
+        await release.wait()
+        return 1.0
+
+    shadow.run(slow)
+    await asyncio.sleep(0.01)  # a token comes back (1000 a second)
+    assert not shadow.take(live)  # one sample at a time: the next is dropped
     assert shadow.dropped == 1
-    gate.set()
-    await busy
-    slot.release()
+    release.set()
+    await asyncio.sleep(0.05)
+    assert shadow.samples == 1
     live.batcher.admission.overloaded = True  # what a standing queue sets
+    await asyncio.sleep(0.01)
     assert not shadow.take(live)
     assert shadow.dropped == 2
     live.batcher.admission.overloaded = False
     assert shadow.take(live)
+    shadow.close()
     await close(live, previous)
+
+
+async def test_samples_run_on_a_thread_of_their_own_at_the_lowest_priority():
+    _, _, previous = versions()
+    shadow = Shadow(previous, ShadowPolicy())
+
+    def where() -> tuple[str, int]:
+        tid = threading.get_native_id()
+        return threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, tid)
+
+    name, nice = await shadow.call(where)
+    assert name.startswith("shadow-m")
+    assert nice == 19
+    assert threading.current_thread().name != name
+    shadow.close()
+    await close(previous)
 
 
 async def test_samples_are_rate_bounded_and_sampled_at_the_percentage():
@@ -77,8 +103,20 @@ async def test_samples_are_rate_bounded_and_sampled_at_the_percentage():
     never = Shadow(previous, ShadowPolicy(percent=0, max_per_s=1000))
     assert not any(never.take(live) for _ in range(100))
     some = Shadow(previous, ShadowPolicy(percent=30, max_per_s=1e9))
-    taken = sum(some.take(live) for _ in range(2000))
+
+    async def done() -> float:
+        return 1.0
+
+    taken = 0
+    for _ in range(2000):
+        if some.take(live):
+            taken += 1
+            some.run(done)
+            await asyncio.gather(*some._tasks)  # each sample done before the next request
     assert 450 < taken < 750, taken
+    assert some.dropped == 0
+    for s in (slow, never, some):
+        s.close()
     await close(live, previous)
 
 

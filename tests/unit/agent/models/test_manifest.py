@@ -75,6 +75,8 @@ def test_plans_choose_canary_or_stable_per_node():
         ("models: {m: {stable: {source: 'file:///x'}, shadow: {max_per_s: 0}}}",
          "models.m.shadow.max_per_s"),
         ("models: {m: {stable: {source: 'file:///x'}, shadow: {rate: 3}}}", "models.m.shadow"),
+        ("models: {m: {stable: {source: 'file:///x'}, shadow: {before_swap_s: -1}}}",
+         "models.m.shadow.before_swap_s"),
     ],
 )
 def test_bad_manifests_name_the_entry(text, message):
@@ -92,11 +94,15 @@ def test_the_readme_fleet_manifest_example_is_valid():
 
 def test_bake_and_shadow_are_off_by_default_and_read_with_their_defaults():
     off = parse_manifest(MANIFEST)["defects"].bake
-    assert (off.bake_s, off.min_agreement) == (0.0, None)
+    assert (off.bake_s, off.min_agreement, off.shadow.before_swap_s) == (0.0, None, 0.0)
     plan = parse_manifest(
         "models: {m: {stable: {source: 'file:///x'}, min_score: 0.7, bake_s: 30, "
         "min_agreement: 0.9, shadow: {percent: 50}}}")["m"]
     bake = plan.bake
     assert (bake.bake_s, bake.min_agreement, bake.min_samples, bake.min_score) == \
         (30.0, 0.9, 20, 0.7)
-    assert (bake.shadow.percent, bake.shadow.max_per_s) == (50.0, 2.0)
+    assert (bake.shadow.percent, bake.shadow.max_per_s, bake.shadow.before_swap_s) == \
+        (50.0, 2.0, 0.0)
+    trial = parse_manifest("models: {m: {stable: {source: 'file:///x'}, "
+                           "shadow: {before_swap_s: 120}}}")["m"].bake
+    assert (trial.bake_s, trial.shadow.before_swap_s) == (0.0, 120.0)
