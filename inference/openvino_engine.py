@@ -114,6 +114,14 @@ def _cpuinfo_has_bf16(cpuinfo: Path) -> bool:
     return False
 
 
+def available_precisions() -> list[str]:
+    """The precisions :func:`create_openvino_session` accepts on this node: none without
+    OpenVINO, fp32, and bf16 where the CPU has it."""
+    if not openvino_available():
+        return []
+    return ["fp32", "bf16"] if cpu_has_bf16() else ["fp32"]
+
+
 @dataclass(frozen=True)
 class TensorArg:
     """The fields of ``onnxruntime.NodeArg`` the runners read. ``shape``: ints, None where the

@@ -125,11 +125,11 @@ def test_bf16_keeps_the_golden_set_score(ov, frames, defects_ort, fusion_golden)
     assert abs(accuracy - float((reference.argmax(axis=1) == golden.labels).mean())) <= 0.05
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_concurrent_runs_give_the_serial_answers(ov, frames, defects_ort, precision):
+@pytest.mark.parametrize(("precision", "streams"), [("fp32", 1), ("bf16", 1), ("fp32", 2)])
+def test_concurrent_runs_give_the_serial_answers(ov, frames, defects_ort, precision, streams):
     if precision == "bf16" and not openvino_engine.cpu_has_bf16():
         pytest.skip("this CPU has no bf16")
-    session = create_openvino_session(DEFECTS, precision, 1, "d").session
+    session = create_openvino_session(DEFECTS, precision, 1, "d", streams=streams).session
     inputs = [blobs(defects_ort, frames[i:], 1) for i in range(6)]
     serial = [session.run(None, {"images": x})[0] for x in inputs]
     callers = 4
@@ -166,6 +166,7 @@ def test_bf16_is_refused_where_the_cpu_lacks_it(ov, monkeypatch):
     monkeypatch.setattr(openvino_engine, "cpu_has_bf16", lambda: False)
     with pytest.raises(PrecisionUnavailableError, match="no bf16 instructions"):
         create_openvino_session(DEFECTS, "bf16", 1, "d")
+    assert openvino_engine.available_precisions() == ["fp32"]
     assert create_openvino_session(DEFECTS, "fp32", 1, "d").precision == "fp32"
 
 
@@ -193,6 +194,7 @@ def test_a_clear_error_when_openvino_is_not_installed(monkeypatch):
     # None in sys.modules makes `import openvino` raise ImportError, as on a node without it.
     monkeypatch.setitem(sys.modules, "openvino", None)
     assert not openvino_available()
+    assert openvino_engine.available_precisions() == []
     assert isinstance(openvino_engine.cpu_has_bf16(), bool)  # the kernel's flags answer
     with pytest.raises(ProviderUnavailableError, match=r"not installed.*edge-agent\[openvino\]"):
         create_openvino_session(DEFECTS, "fp32", 1, "d")
