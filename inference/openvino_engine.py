@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from inference.cpu import usable_cores
 from inference.errors import ModelLoadError, ProviderUnavailableError
 from inference.session import LoadedSession
 
@@ -227,15 +228,17 @@ def create_openvino_session(path: Path, precision: str, threads: int, digest: st
                             streams: int = 1) -> LoadedSession:
     """``path`` compiled by OpenVINO for this CPU at ``precision`` ("fp32" or "bf16").
 
-    ``threads`` per run (as ``intra_op_threads``); ``streams`` runs that may go at once at that
-    width (OpenVINO's NUM_STREAMS: the compiled model gets ``threads * streams`` threads).
+    ``threads`` per run (as ``intra_op_threads``; 0: the cores this process may use);
+    ``streams`` runs that may go at once at that width (OpenVINO's NUM_STREAMS: the compiled
+    model gets ``threads * streams`` threads).
     bf16 on a CPU without it: :class:`PrecisionUnavailableError`; OpenVINO not installed:
     :class:`ProviderUnavailableError`; a file it cannot read: :class:`ModelLoadError`."""
     if precision not in PRECISIONS:
         raise PrecisionUnavailableError(
             f"OpenVINO precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    threads = threads or usable_cores()
     if threads < 1 or streams < 1:
-        raise ValueError(f"threads and streams must be >= 1, got {threads} and {streams}")
+        raise ValueError(f"threads must be >= 0 and streams >= 1, got {threads} and {streams}")
     core = _ov_core()
     if precision == "bf16" and not cpu_has_bf16():
         raise PrecisionUnavailableError(

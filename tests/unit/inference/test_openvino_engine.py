@@ -15,6 +15,7 @@ from support import require
 
 from inference import openvino_engine
 from inference.bundled import BUNDLE_ROOT
+from inference.cpu import usable_cores
 from inference.errors import ModelLoadError, ProviderUnavailableError
 from inference.evaluation import ScoredBox
 from inference.golden import load_detection_golden, load_tensor_golden, score_detections
@@ -184,6 +185,9 @@ def test_cpu_flags_probe(tmp_path):
 def test_unknown_precision_and_unreadable_model(ov, tmp_path):
     with pytest.raises(PrecisionUnavailableError, match="must be one of"):
         create_openvino_session(DEFECTS, "int4", 1, "d")
+    with pytest.raises(ValueError, match="streams"):
+        create_openvino_session(DEFECTS, "fp32", 1, "d", streams=0)
+    assert create_openvino_session(DEFECTS, "fp32", 0, "d").intra_op_threads == usable_cores()
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
     with pytest.raises(ModelLoadError, match=r"OpenVINO cannot load bad\.onnx"):
