@@ -166,7 +166,7 @@ async def load_version(
         fixed = runners[0].max_batch
         max_batch = min(batching.max_batch, fixed) if fixed else batching.max_batch
         pad = batching.pad_batches == "on" or (
-            batching.pad_batches == "auto" and runners[0].provider != "cpu"
+            batching.pad_batches == "auto" and runners[0].provider not in ("cpu", "openvino")
         )
         padded = max_batch > 1 and pad and all(r.fix_batch(max_batch) for r in runners)
         if on_warming is not None:

@@ -147,7 +147,7 @@ class RuntimeSettings:
     trt_int8: str = "auto"
 
     def validate(self, where: str) -> None:
-        known = {"tensorrt", "cuda", "cpu"}
+        known = {"tensorrt", "cuda", "openvino", "cpu"}
         bad = [p for p in self.providers if p not in known]
         _check(
             not bad and bool(self.providers),

@@ -1,4 +1,4 @@
-"""``python -m benchmarks run|latency|gpu`` (see README, "Performance")."""
+"""``python -m benchmarks run|latency|gpu|compare|paths`` (see README, "Performance")."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from benchmarks.common import DEFAULT_FRAME, DEFAULT_MODEL
 from benchmarks.compare import parse_tree, parse_variant
 from benchmarks.latency import measure, report
+from benchmarks.paths import add_arguments as add_paths_arguments
 
 
 def main() -> int:
@@ -92,7 +93,17 @@ def main() -> int:
     cmp.add_argument("--overload-s", type=float, default=10.0,
                      help="seconds at 3x the base's saturation per variant; 0: skip")
     cmp.add_argument("--workdir", type=Path, default=Path("/tmp/edge-agent-compare"))
+    paths = sub.add_parser(
+        "paths",
+        help="the CPU execution paths side by side (ORT fp32, OpenVINO fp32/bf16, ORT int8): "
+        "raw run, golden-set score, agreement; writes benchmarks/results/<date>-<host>-paths.md",
+    )
+    add_paths_arguments(paths)
     args = ap.parse_args()
+    if args.cmd == "paths":
+        from benchmarks.paths import main as paths_main
+
+        return paths_main(args)
     if args.cmd == "compare":
         from benchmarks.compare import main as compare_main
 

@@ -1,5 +1,9 @@
 """Execution providers: the ordered chain TensorRT -> CUDA -> CPU and each one's options.
 
+``openvino`` may join the chain (e.g. ``[openvino, cpu]``): the OpenVINO runtime (the
+``openvino`` package, not ONNX Runtime's OpenVINO provider) runs the whole model at fp32 where
+it is installed (``inference.openvino_engine``); it has no ORT options.
+
 Each provider is a small object behind the :class:`ExecutionProvider` protocol; the chain is
 built from an explicit name -> provider dict (:func:`default_providers`), never by scanning.
 """
@@ -75,9 +79,23 @@ class CPUProvider:
         return {}
 
 
+# How the OpenVINO runtime shows in the list of available providers (an ORT provider name it
+# can never clash with: ONNX Runtime's own is "OpenVINOExecutionProvider").
+OPENVINO_RUNTIME = "openvino-runtime"
+
+
+class OpenVINOProvider:
+    name = "openvino"
+    ort_name = OPENVINO_RUNTIME
+
+    def options(self, ctx: ProviderContext) -> dict[str, str]:
+        return {}  # not an ORT provider: inference.openvino_engine builds its session
+
+
 def default_providers() -> dict[str, ExecutionProvider]:
     """The providers this project knows, by the names settings use."""
-    return {p.name: p for p in (TensorRTProvider(), CUDAProvider(), CPUProvider())}
+    return {p.name: p for p in (TensorRTProvider(), CUDAProvider(), OpenVINOProvider(),
+                                CPUProvider())}
 
 
 def trt_engine_dir(ctx: ProviderContext) -> Path:

@@ -8,12 +8,18 @@ import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import onnxruntime as ort
 
 from inference.cpu import usable_cores
 from inference.errors import ModelLoadError, ProviderUnavailableError
-from inference.providers import ProviderContext, default_providers, resolve_chain
+from inference.providers import (
+    OPENVINO_RUNTIME,
+    ProviderContext,
+    default_providers,
+    resolve_chain,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +45,32 @@ class SessionConfig:
         return self.intra_op_threads if self.intra_op_threads > 0 else usable_cores()
 
 
+class InferenceSessionLike(Protocol):
+    """The part of ``onnxruntime.InferenceSession`` the runners use: an ORT session, or another
+    runtime's adapter (``inference.openvino_engine.OpenVINOSession``). ``run`` is thread-safe."""
+
+    def get_inputs(self) -> list[Any]: ...
+
+    def get_outputs(self) -> list[Any]: ...
+
+    def get_modelmeta(self) -> Any: ...
+
+    def get_providers(self) -> list[str]: ...
+
+    def run(self, output_names: list[str] | None, input_feed: dict[str, Any],
+            run_options: Any = None) -> list[Any]: ...
+
+
 @dataclass
 class LoadedSession:
-    session: ort.InferenceSession
+    session: InferenceSessionLike
     provider: str  # short name of the provider that really runs the model, e.g. "cpu"
     requested: list[str]
     digest: str
     intra_op_threads: int
     metadata: dict[str, str] = field(default_factory=dict)
     path: Path | None = None  # the file it was built from (to build it again, other threads)
+    precision: str = "fp32"  # what it computes in ("bf16": OpenVINO's bf16 path)
 
 
 def file_digest(path: Path) -> str:
@@ -69,11 +92,33 @@ def create_session(model: Path, config: SessionConfig, digest: str | None = None
     except OSError as exc:
         raise ModelLoadError(f"cannot read model {model}: {exc.strerror}", str(model)) from exc
     known = default_providers()
-    chain = resolve_chain(config.providers, ort.get_available_providers(), known)
+    chain = resolve_chain(config.providers, available_providers(), known)
     if not chain:
         raise ProviderUnavailableError(
             f"none of the execution providers {list(config.providers)} is available",
-            {"available": ort.get_available_providers()},
+            {"available": available_providers()},
+        )
+    if chain[0].name == "openvino":
+        # Not an ORT provider: the OpenVINO runtime builds the whole session (at fp32: the
+        # chain is the exact path; bf16 is a precision path chosen by its golden-set score).
+        from inference.openvino_engine import create_openvino_session
+
+        try:
+            return create_openvino_session(model, "fp32", config.threads(), digest)
+        except (ModelLoadError, ProviderUnavailableError) as exc:
+            rest = [p for p in chain if p.name != "openvino"]
+            if not rest:
+                raise
+            log.warning("execution provider fallback", extra={
+                "model": str(model), "wanted": "openvino", "using": rest[0].name,
+                "error": exc.message})
+    # OpenVINO later in the chain is only a fallback for ORT providers that are missing here;
+    # ORT itself falls back along the rest.
+    chain = [p for p in chain if p.name != "openvino"]
+    if not chain:
+        raise ProviderUnavailableError(
+            f"none of the execution providers {list(config.providers)} is available",
+            {"available": available_providers()},
         )
     ctx = ProviderContext(
         model_digest=digest,
@@ -125,17 +170,30 @@ def create_session(model: Path, config: SessionConfig, digest: str | None = None
     )
 
 
+def available_providers() -> list[str]:
+    """ONNX Runtime's available providers, plus the OpenVINO runtime where it is installed."""
+    from inference.openvino_engine import openvino_available
+
+    return ort.get_available_providers() + ([OPENVINO_RUNTIME] if openvino_available() else [])
+
+
 def first_provider(config: SessionConfig) -> str:
     """The provider a session built with ``config`` tries first ("cpu" where nothing else of
     its chain is available)."""
-    chain = resolve_chain(config.providers, ort.get_available_providers(), default_providers())
+    chain = resolve_chain(config.providers, available_providers(), default_providers())
     return chain[0].name if chain else ""
 
 
 def rebuild_session(loaded: LoadedSession, config: SessionConfig) -> LoadedSession:
-    """The same model file again, built with ``config`` (e.g. other threads)."""
+    """The same model file again, built with ``config`` (e.g. other threads); an OpenVINO
+    session again on OpenVINO, at its precision."""
     if loaded.path is None:
         raise ModelLoadError("the session was not built from a file: it cannot be rebuilt")
+    if loaded.provider == "openvino":
+        from inference.openvino_engine import create_openvino_session
+
+        return create_openvino_session(loaded.path, loaded.precision, config.threads(),
+                                       loaded.digest)
     return create_session(loaded.path, config, loaded.digest)
 
 
