@@ -65,7 +65,8 @@ def tiny_disk(tmp_path) -> Iterator[Path]:
     try:
         yield mount
     finally:
-        subprocess.run(["umount", str(mount)], check=False)
+        # Lazy: a file still open there (a lock a failed test left) must not leave it mounted.
+        subprocess.run(["umount", "--lazy", str(mount)], check=False)
 
 
 async def test_a_full_disk_leaves_the_cache_as_it_was(tiny_disk):
