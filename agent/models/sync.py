@@ -97,7 +97,15 @@ class Syncer:
         self.status.connected = reachable
         if reachable:
             self.status.last_success = time.time()
+        # The lease: what this process serves now (the pass's downloads that were not swapped
+        # in are released to other processes' garbage collection).
+        await asyncio.to_thread(self._cache.serve, self._served())
         return report
+
+    def _served(self) -> set[str]:
+        records = [*self._service.active(), *(s.record for s in self._service.shadows.values())]
+        golden = {r.golden.sha256.removeprefix("sha256:") for r in records if r.golden}
+        return {r.digest for r in records} | (golden - {""})
 
     async def _apply(self, plan: ModelPlan) -> str:
         target, cohort = plan.choose(self._node)
@@ -125,7 +133,7 @@ class Syncer:
         bake = plan.bake.bake_s > 0 and self._room(plan.name, spec.path)
         record, previous = await self._swapper.swap(plan.name, spec, gate, cohort,
                                                     keep_previous=bake)
-        self._remember(plan.name, spec, resolved)
+        await asyncio.to_thread(self._remember, plan.name, spec, resolved)
         if bake and previous is not None:
             self.baker.start(record, previous, plan.bake)
         return f"swapped to {spec.version} ({cohort}, score {record.score}, gate {record.gate})"
