@@ -133,7 +133,7 @@ class Syncer:
         bake = plan.bake.bake_s > 0 and self._room(plan.name, spec.path)
         record, previous = await self._swapper.swap(plan.name, spec, gate, cohort,
                                                     keep_previous=bake)
-        await asyncio.to_thread(self._remember, plan.name, spec, resolved)
+        await asyncio.to_thread(self._remember, plan.name, spec, resolved, self._served())
         if bake and previous is not None:
             self.baker.start(record, previous, plan.bake)
         return f"swapped to {spec.version} ({cohort}, score {record.score}, gate {record.gate})"
@@ -152,9 +152,13 @@ class Syncer:
     async def close(self) -> None:
         await self.baker.close()
 
-    def _remember(self, name: str, spec: VersionSpec, resolved: Resolved) -> None:
+    def _remember(self, name: str, spec: VersionSpec, resolved: Resolved,
+                  served: set[str]) -> None:
+        """(In a worker thread: it takes the state dir's lock.)"""
         version = CachedVersion(spec.version, spec.sha256, resolved.sidecar, spec.source)
-        self._cache.collect_garbage(self._cache.remember(name, version, self._keep))
+        keep = self._cache.remember(name, version, self._keep)
+        self._cache.serve(served)  # the version swapped out is no longer this process's
+        self._cache.collect_garbage(keep)
 
     async def run(self, interval_s: float, watch_s: float = 2.0) -> None:
         """Sync every ``interval_s``, and within ``watch_s`` of a change to a file manifest
