@@ -124,28 +124,40 @@ def test_a_live_processs_partial_and_leased_blob_survive_recover_and_gc(tmp_path
     assert owners == sorted([f"{mine.share.owner.id}.lock", f"{mine.share.owner.id}.json"])
 
 
-def test_state_written_by_two_processes_at_once_loses_no_entry(tmp_path, children):
-    """Each process records its own model 200 times while the other does: read-modify-write
-    under the lock, so neither overwrites the other's entries."""
+def test_state_written_by_two_processes_at_once_loses_no_entry(tmp_path):
+    """Each process records its own model 300 times while the other does (both start on the
+    same signal): read-modify-write under the lock, so neither overwrites the other's entry."""
     state = tmp_path / "state"
     data, digest = blob("a model")
     put(ModelCache(state, Sharing(state / "models")), data, digest)
     code = f"""
+        import sys
+        from pathlib import Path
         from agent.models.cache import CachedVersion, ModelCache
-        cache = ModelCache(state)
+        cache = ModelCache(Path(sys.argv[1]))
         name = sys.argv[2]
-        for i in range(200):
+        print("ready", flush=True)
+        sys.stdin.readline()
+        for i in range(300):
             cache.remember(name, CachedVersion(str(i), "{digest}"), keep=3)
+            assert name in cache.load_state(), "its own entry was overwritten"
     """
     procs = [subprocess.Popen(
-        [sys.executable, "-c", "import sys\nfrom pathlib import Path\nstate = Path(sys.argv[1])\n"
-         + textwrap.dedent(code), str(state), name],
-        env={**os.environ, "PYTHONPATH": str(ROOT)}) for name in ("defects", "fusion")]
+        [sys.executable, "-c", textwrap.dedent(code), str(state), name], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    ) for name in ("defects", "fusion")]
+    for proc in procs:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n"
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
     for proc in procs:
         assert proc.wait(120) == 0
     doc = json.loads((state / "models" / "state.json").read_text())
     assert {name: [v["version"] for v in vs] for name, vs in doc["models"].items()} == {
-        "defects": ["199"], "fusion": ["199"]}  # one digest: the newest version of each
+        "defects": ["299"], "fusion": ["299"]}  # one digest: the newest version of each
 
 
 def test_a_blob_this_process_serves_is_kept_by_another_process_gc(tmp_path):
