@@ -102,8 +102,10 @@ class Syncer:
         await asyncio.to_thread(self._cache.serve, self._served())
         return report
 
-    def _served(self) -> set[str]:
-        records = [*self._service.active(), *(s.record for s in self._service.shadows.values())]
+    def _served(self, *more: VersionRecord) -> set[str]:
+        """The blobs of every version this process holds loaded (active, shadows, ``more``)."""
+        records = [*self._service.active(), *(s.record for s in self._service.shadows.values()),
+                   *more]
         golden = {r.golden.sha256.removeprefix("sha256:") for r in records if r.golden}
         return {r.digest for r in records} | (golden - {""})
 
@@ -133,7 +135,9 @@ class Syncer:
         bake = plan.bake.bake_s > 0 and self._room(plan.name, spec.path)
         record, previous = await self._swapper.swap(plan.name, spec, gate, cohort,
                                                     keep_previous=bake)
-        await asyncio.to_thread(self._remember, plan.name, spec, resolved, self._served())
+        # (the previous version kept for the bake stays this process's)
+        held = self._served(*([previous] if bake and previous is not None else []))
+        await asyncio.to_thread(self._remember, plan.name, spec, resolved, held)
         if bake and previous is not None:
             self.baker.start(record, previous, plan.bake)
         return f"swapped to {spec.version} ({cohort}, score {record.score}, gate {record.gate})"
