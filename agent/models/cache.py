@@ -104,19 +104,25 @@ class ModelCache:
         whether the blob is in the cache already. Call it before using or fetching a blob."""
         hexdigest = parse_digest(digest)
         owner = self.share.owner
-        with self.share.lock.held():
-            owner.set_lease(owner.lease | {hexdigest})
-            return self.has(hexdigest)
+        try:
+            with self.share.lock.held():
+                owner.set_lease(owner.lease | {hexdigest})
+                return self.has(hexdigest)
+        except OSError as exc:  # a full disk: not fetched, rather than fetched unprotected
+            raise _unwritable(self.root, exc) from exc
 
     def serve(self, digests: set[str]) -> None:
         """This process now needs only these blobs (hex digests of the versions it serves),
         with the other blobs of their cached versions (golden sets): its lease becomes that."""
-        with self.share.lock.held():
-            state = self.load_state()
-            needed = set(digests) | {
-                blob for versions in state.values() for v in versions if v.model in digests
-                for blob in v.blobs()}
-            self.share.owner.set_lease(frozenset(needed))
+        try:
+            with self.share.lock.held():
+                state = self.load_state()
+                needed = set(digests) | {
+                    blob for versions in state.values() for v in versions if v.model in digests
+                    for blob in v.blobs()}
+                self.share.owner.set_lease(frozenset(needed))
+        except OSError as exc:  # the lease on disk stays the larger one it was: still safe
+            log.warning("could not update this process's lease", extra={"error": str(exc)})
 
     def last_known_good(self) -> dict[str, CachedVersion]:
         """Each model's last-known-good version, its blobs leased to this process in the same
@@ -124,7 +130,11 @@ class ModelCache:
         with self.share.lock.held():
             good = {name: vs[0] for name, vs in self.load_state().items() if vs}
             owner = self.share.owner
-            owner.set_lease(owner.lease | {b for v in good.values() for b in v.blobs()})
+            try:
+                owner.set_lease(owner.lease | {b for v in good.values() for b in v.blobs()})
+            except OSError as exc:  # a full disk must not stop a start from the cache
+                log.warning("could not lease the last-known-good versions",
+                            extra={"error": str(exc)})
         return good
 
     def recover(self) -> list[str]:
