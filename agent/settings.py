@@ -19,7 +19,10 @@ from agent.thread_layout import THREAD_LAYOUTS
 from inference.bundled import BUNDLED_NAMES
 from inference.kinds import AUTO, model_kinds
 
-MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# A model's name is a label of every /metrics/summary series of it: its length is what keeps
+# the summary within 4 KB for two models (agent.metrics.exposition).
+MAX_MODEL_NAME = 16
+MODEL_NAME_RE = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_MODEL_NAME - 1}}}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -84,7 +87,8 @@ class ModelSettings:
         _check(
             bool(MODEL_NAME_RE.match(self.name)),
             f"{where}.name",
-            "must be 1-64 letters, digits, '_', '.', '-' starting with a letter or digit",
+            f"must be 1-{MAX_MODEL_NAME} letters, digits, '_', '.', '-' starting with a letter "
+            "or digit",
         )
         has_path = str(self.path) not in ("", ".")
         if self.bundled:

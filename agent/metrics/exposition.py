@@ -2,11 +2,23 @@
 
 Both are rendered by prometheus_client from metric families built at scrape time from the
 recorder and the models' state; nothing is registered globally.
+
+The summary is bounded by construction, whatever the traffic: per model at most
+:data:`SERIES_PER_MODEL` series (status codes folded into :data:`SUMMARY_CODES`, refusals
+reduced to :data:`SUMMARY_REASONS`), node-wide at most six (readiness, control plane, last sync,
+and the accelerators folded into one ``device="all"`` reading); label values of bounded length
+(model names validated to ``agent.settings.MAX_MODEL_NAME`` characters, versions cut to
+:data:`MAX_VERSION_LABEL`, digests to 12 hex digits, providers from a fixed set) and numbers cut
+to five significant digits where they are measurements. ``benchmarks/summary_size.py`` renders
+the worst case. What the summary leaves out (exact codes and reasons, each device, throughput,
+temperature) is in ``/metrics``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import hashlib
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -25,6 +37,15 @@ from agent.metrics.recorder import STAGES, Recorder
 from agent.metrics.window import SlidingQuantiles
 
 QUANTILES = (0.5, 0.95, 0.99)
+# The summary's refusal reason: the one the fleet alerts on (the node's own queue is full); the
+# others are in /metrics, and counted by class in the summary's code="4xx"|"5xx".
+SUMMARY_REASONS = ("queue_full",)
+SUMMARY_CODES = ("2xx", "4xx", "5xx")
+MAX_VERSION_LABEL = 16  # a longer version (a sidecar's, any length): prefix + "~" + hash
+DIGEST_LABEL_HEX = 12
+# latency (3 quantiles, count, sum), queue depth and its max, codes, reasons, info, score,
+# canary, shadow agreement
+SERIES_PER_MODEL = 5 + 2 + len(SUMMARY_CODES) + len(SUMMARY_REASONS) + 4
 
 
 @dataclass(frozen=True)
@@ -77,6 +98,37 @@ class _Families:
         return iter(self._families)
 
 
+def version_label(version: str) -> str:
+    """``version`` as a label value of at most :data:`MAX_VERSION_LABEL` characters: a long one
+    keeps its start and a hash of the whole, so two long versions stay apart."""
+    if len(version) <= MAX_VERSION_LABEL:
+        return version
+    digest = hashlib.sha256(version.encode()).hexdigest()[:8]
+    return f"{version[:MAX_VERSION_LABEL - 9]}~{digest}"
+
+
+def digest_label(digest: str) -> str:
+    """``sha256:<64 hex>`` -> ``sha256:<12 hex>`` (a version without a name is called by
+    those 12 too): 48 bits tell a fleet's versions apart, 52 bytes fewer per model. The whole
+    digest is in ``/v1/models``."""
+    algorithm, _, hexdigest = digest.partition(":")
+    if not hexdigest:
+        return digest[:DIGEST_LABEL_HEX]
+    return f"{algorithm}:{hexdigest[:DIGEST_LABEL_HEX]}"
+
+
+def code_class(code: str) -> str:
+    """``"503"`` -> ``"5xx"``: one of :data:`SUMMARY_CODES` whatever the code (the API answers
+    no 1xx or 3xx; anything not a number counts as a server error)."""
+    number = int(code) if code.isdigit() else 500
+    return "2xx" if number < 400 else "4xx" if number < 500 else "5xx"
+
+
+def _short(value: float) -> float:
+    """Five significant digits: far inside the sketch's 1 % and a third of the bytes."""
+    return float(f"{value:.5g}")
+
+
 def _summary(
     name: str, doc: str, series: Iterable[tuple[dict[str, str], SlidingQuantiles]]
 ) -> Metric:
@@ -84,105 +136,124 @@ def _summary(
     for labels, window in series:
         summary = window.summary(QUANTILES)
         for q, value in summary.quantiles.items():
-            family.add_sample(name, {**labels, "quantile": str(q)}, value)
+            family.add_sample(name, {**labels, "quantile": str(q)}, _short(value))
         family.add_sample(name + "_count", labels, summary.count)
-        family.add_sample(name + "_sum", labels, summary.sum)
+        family.add_sample(name + "_sum", labels, _short(summary.sum))
     return family
 
 
-def summary_families(recorder: Recorder, snap: Snapshot) -> list[Metric]:
+def _folded(counts: Counter[str], fold: Callable[[str], str]) -> list[tuple[str, int]]:
+    out: Counter[str] = Counter()
+    for key, n in counts.items():
+        out[fold(key)] += n
+    return sorted(out.items())
+
+
+def summary_families(recorder: Recorder, snap: Snapshot, exact: bool = False) -> list[Metric]:
+    """The summary's families (bounded: see the module's docstring). ``exact``: what
+    ``/metrics`` carries instead: every status code, refusal reason and device, throughput
+    and temperature."""
     window = f"over {recorder.window_s:g} s"
     stats = [(m, recorder.models[m.name]) for m in snap.models if m.name in recorder.models]
     latency = _summary(
         "edge_inference_latency_seconds",
-        f"End-to-end latency {window} (DDSketch, 1% error).",
+        f"Latency {window}.",
         (({"model": m.name}, s.latency) for m, s in stats),
     )
-    depth = GaugeMetricFamily("edge_queue_depth", "Admitted, not yet running.", labels=["model"])
+    # HELP texts are short: every byte of them is paid by every node at every scrape.
+    depth = GaugeMetricFamily("edge_queue_depth", "Queued.", labels=["model"])
     depth_max = GaugeMetricFamily(
-        "edge_queue_depth_max", f"Max queue depth {window}.", labels=["model"]
+        "edge_queue_depth_max", f"Max queued {window}.", labels=["model"]
     )
     rate = GaugeMetricFamily(
-        "edge_throughput_per_second", f"Answers per second {window}.", labels=["model"]
+        "edge_throughput_per_second", f"Answers/s {window}.", labels=["model"]
     )
     codes = CounterMetricFamily(
-        "edge_requests", "Requests by HTTP status code.", labels=["model", "code"]
+        "edge_requests", "Requests by status" + ("." if exact else " class."),
+        labels=["model", "code"],
     )
     rejected = CounterMetricFamily(
-        "edge_requests_rejected", "Requests refused, by reason.", labels=["model", "reason"]
+        "edge_requests_rejected", "Refusals.", labels=["model", "reason"]
     )
     info = GaugeMetricFamily(
-        "edge_model_info",
-        "Model being served (always 1).",
-        labels=["model", "version", "digest", "provider"],
+        "edge_model_info", "Served.", labels=["model", "version", "digest", "provider"]
     )
     score = GaugeMetricFamily(
-        "edge_model_validation_score",
-        "Golden-set score on this node.",
-        labels=["model", "version"],
+        "edge_model_validation_score", "Golden score.", labels=["model", "version"]
     )
-    canary = GaugeMetricFamily(
-        "edge_model_canary",
-        "1 when this node runs the model's canary version, 0 stable.",
-        labels=["model", "version"],
-    )
+    canary = GaugeMetricFamily("edge_model_canary", "1: canary.", labels=["model", "version"])
     agreement = GaugeMetricFamily(
-        "edge_model_shadow_agreement",
-        "Agreement of the shadow version with the live answers over its last samples "
-        "(detectors: F1 at IoU 0.5, same class; tensor models: same argmax).",
-        labels=["model", "version"],
+        "edge_model_shadow_agreement", "Shadow agreement.", labels=["model", "version"]
     )
     for m, s in stats:
+        version = version_label(m.version)
         if m.shadow is not None and m.shadow.agreement is not None:
-            agreement.add_metric([m.name, m.shadow.version], m.shadow.agreement)
+            agreement.add_metric([m.name, version_label(m.shadow.version)],
+                                 _short(m.shadow.agreement))
         depth.add_metric([m.name], m.queue_depth)
         depth_max.add_metric([m.name], max(s.queue_max.value(), m.queue_depth))
-        rate.add_metric([m.name], s.throughput.per_second())
-        for code, n in sorted(s.codes.items()):
+        rate.add_metric([m.name], _short(s.throughput.per_second()))
+        by_code = sorted(s.codes.items()) if exact else _folded(s.codes, code_class)
+        for code, n in by_code:
             codes.add_metric([m.name, code], n)
-        for reason, n in sorted(s.rejected.items()):
+        by_reason = (sorted(s.rejected.items()) if exact else
+                     [(r, s.rejected[r]) for r in SUMMARY_REASONS if s.rejected[r]])
+        for reason, n in by_reason:
             rejected.add_metric([m.name, reason], n)
         if m.version:
-            info.add_metric([m.name, m.version, m.digest, m.provider], 1)
+            info.add_metric([m.name, version, digest_label(m.digest), m.provider], 1)
         if m.validation_score is not None:
-            score.add_metric([m.name, m.version], m.validation_score)
+            score.add_metric([m.name, version], _short(m.validation_score))
         if m.rollout:
-            canary.add_metric([m.name, m.version], int(m.rollout == "canary"))
-    ready = GaugeMetricFamily("edge_ready", "1 when /health answers 200.", value=int(snap.ready))
-    families = [latency, depth, depth_max, rate, codes, rejected, info, score, canary,
-                agreement, ready]
+            canary.add_metric([m.name, version], int(m.rollout == "canary"))
+    ready = GaugeMetricFamily("edge_ready", "Ready.", value=int(snap.ready))
+    families = [latency, depth, depth_max, *([rate] if exact else []), codes, rejected, info,
+                score, canary, agreement, ready]
     if snap.control_plane is not None:
         connected, last_success = snap.control_plane
         if connected is not None:
             families.append(GaugeMetricFamily(
-                "edge_control_plane_connected", "1 when the fleet manifest and model sources "
-                "answered at the last sync.", value=int(connected)))
+                "edge_control_plane_connected", "Sources reached.", value=int(connected)))
         if last_success is not None:
             families.append(GaugeMetricFamily(
-                "edge_model_sync_last_success_timestamp_seconds",
-                "When the last complete model sync finished (Unix time).", value=last_success))
-    return [f for f in families if f.samples] + _accelerator_families(snap.accelerators)
+                "edge_model_sync_last_success_timestamp_seconds", "Last sync.",
+                value=round(last_success)))
+    readings = snap.accelerators if exact else _all_devices(snap.accelerators)
+    return [f for f in families if f.samples] + _accelerator_families(readings, exact)
 
 
-def _accelerator_families(readings: list[Reading]) -> list[Metric]:
+def _all_devices(readings: list[Reading]) -> list[Reading]:
+    """The node's accelerators as one: the busiest one's utilisation, memory summed (a reading
+    that lacks it is left out of the sum)."""
+    if not readings:
+        return []
+
+    def total(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return sum(known) if known else None
+
+    return [Reading(
+        device="all", name="",
+        utilization_ratio=max(r.utilization_ratio for r in readings),
+        memory_used_bytes=total([r.memory_used_bytes for r in readings]),
+        memory_total_bytes=total([r.memory_total_bytes for r in readings]),
+    )]
+
+
+def _accelerator_families(readings: list[Reading], exact: bool) -> list[Metric]:
     if not readings:
         return []
     util = GaugeMetricFamily(
-        "edge_accelerator_utilization_ratio",
-        "Busy fraction.",
-        labels=["device", "name"],
+        "edge_accelerator_utilization_ratio", "Busy" + ("." if exact else " (busiest)."),
+        labels=["device", "name"] if exact else ["device"],
     )
-    used = GaugeMetricFamily(
-        "edge_accelerator_memory_used_bytes", "Memory in use.", labels=["device"]
-    )
-    total = GaugeMetricFamily(
-        "edge_accelerator_memory_total_bytes", "Memory size.", labels=["device"]
-    )
+    used = GaugeMetricFamily("edge_accelerator_memory_used_bytes", "Used.", labels=["device"])
+    total = GaugeMetricFamily("edge_accelerator_memory_total_bytes", "Size.", labels=["device"])
     temp = GaugeMetricFamily(
         "edge_accelerator_temperature_celsius", "Temperature.", labels=["device"]
     )
     for r in readings:
-        util.add_metric([r.device, r.name], r.utilization_ratio)
+        util.add_metric([r.device, r.name] if exact else [r.device], _short(r.utilization_ratio))
         if r.memory_used_bytes is not None:
             used.add_metric([r.device], r.memory_used_bytes)
         if r.memory_total_bytes is not None:
@@ -227,10 +298,11 @@ def detail_families(recorder: Recorder, snap: Snapshot) -> list[Metric]:
     )
     for m in snap.models:
         if m.version:
-            events.add_metric([m.name, m.version, "failed_batch"], m.failed_batches)
-            events.add_metric([m.name, m.version, "expired"], m.expired)
-            events.add_metric([m.name, m.version, "overload"], m.overload_episodes)
-            events.add_metric([m.name, m.version, "relayout"], m.relayouts)
+            version = version_label(m.version)
+            events.add_metric([m.name, version, "failed_batch"], m.failed_batches)
+            events.add_metric([m.name, version, "expired"], m.expired)
+            events.add_metric([m.name, version, "overload"], m.overload_episodes)
+            events.add_metric([m.name, version, "relayout"], m.relayouts)
     shadow_samples = CounterMetricFamily(
         "edge_model_shadow_samples", "Live requests also run on the shadow version and compared.",
         labels=["model", "version"],
@@ -240,7 +312,8 @@ def detail_families(recorder: Recorder, snap: Snapshot) -> list[Metric]:
     )
     for m in snap.models:
         if m.shadow is not None:
-            shadow_samples.add_metric([m.name, m.shadow.version], m.shadow.samples)
+            shadow_samples.add_metric([m.name, version_label(m.shadow.version)],
+                                      m.shadow.samples)
         if m.rollbacks:
             rollbacks.add_metric([m.name], m.rollbacks)
     cameras = CounterMetricFamily(
@@ -259,7 +332,7 @@ def render_summary(recorder: Recorder, snap: Snapshot) -> bytes:
 
 
 def render_full(recorder: Recorder, snap: Snapshot) -> bytes:
-    families = [*summary_families(recorder, snap), *detail_families(recorder, snap)]
+    families = [*summary_families(recorder, snap, exact=True), *detail_families(recorder, snap)]
     runtime = CollectorRegistry()  # private: nothing is registered globally
     ProcessCollector(registry=runtime)
     PlatformCollector(registry=runtime)

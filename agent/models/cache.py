@@ -9,6 +9,11 @@ A blob is written to a temp file beside its final name, hashed while it is writt
 only then renamed into place, so a power cut or a ``kill -9`` leaves either no blob or a whole,
 verified one; ``state.json`` is written the same way. At start :meth:`ModelCache.recover`
 deletes leftover temp files and any blob whose content does not match its name.
+
+Two processes may share the state dir (``agent.models.statelock``): commits, garbage
+collection and every read-modify-write of ``state.json`` take the state lock; a process's temp
+files carry its owner id, and neither ``recover`` nor ``collect_garbage`` removes a live
+process's temp file or a blob named in a live process's lease.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.models.statelock import Sharing, sharing
 from inference.errors import EdgeError
 from inference.files import atomic_write, fsync_dir
 from inference.session import file_digest
@@ -68,10 +74,13 @@ class CachedVersion:
 
 
 class ModelCache:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, share: Sharing | None = None) -> None:
         self.root = state_dir / "models"
         self.blobs = self.root / "blobs" / "sha256"
         self.state_file = self.root / "state.json"
+        # This process's lock and lease on the state dir (one per process; a test may pass
+        # another to play a second process).
+        self.share = share or sharing(self.root)
 
     # -- blobs -----------------------------------------------------------------------------
     def path(self, digest: str) -> Path:
@@ -86,31 +95,116 @@ class ModelCache:
         Its methods block (disk I/O, fsync): async callers run them with ``asyncio.to_thread``.
         """
         self.blobs.mkdir(parents=True, exist_ok=True)
-        return BlobWriter(self.blobs, parse_digest(digest), max_bytes)
+        self.claim(digest)
+        return BlobWriter(self.blobs, parse_digest(digest), max_bytes, self.share)
+
+    # -- sharing the state dir -------------------------------------------------------------
+    def claim(self, digest: str) -> bool:
+        """Add ``digest`` to this process's lease (no other process collects it from now on);
+        whether the blob is in the cache already. Call it before using or fetching a blob."""
+        hexdigest = parse_digest(digest)
+        owner = self.share.owner
+        try:
+            with self.share.lock.held():
+                owner.set_lease(owner.lease | {hexdigest})
+                return self.has(hexdigest)
+        except OSError as exc:  # a full disk: not fetched, rather than fetched unprotected
+            raise _unwritable(self.root, exc) from exc
+
+    def serve(self, digests: set[str]) -> None:
+        """This process now needs only these blobs (hex digests of the versions it serves),
+        with the other blobs of their cached versions (golden sets): its lease becomes that."""
+        try:
+            with self.share.lock.held():
+                state = self.load_state()
+                needed = set(digests) | {
+                    blob for versions in state.values() for v in versions if v.model in digests
+                    for blob in v.blobs()}
+                self.share.owner.set_lease(frozenset(needed))
+        except OSError as exc:  # the lease on disk stays the larger one it was: still safe
+            log.warning("could not update this process's lease", extra={"error": str(exc)})
+
+    def last_known_good(self) -> dict[str, CachedVersion]:
+        """Each model's last-known-good version, its blobs leased to this process in the same
+        locked step (no other process collects them before this one has loaded them)."""
+        with self.share.lock.held():
+            good = {name: vs[0] for name, vs in self.load_state().items() if vs}
+            owner = self.share.owner
+            try:
+                owner.set_lease(owner.lease | {b for v in good.values() for b in v.blobs()})
+            except OSError as exc:  # a full disk must not stop a start from the cache
+                log.warning("could not lease the last-known-good versions",
+                            extra={"error": str(exc)})
+        return good
 
     def recover(self) -> list[str]:
-        """Delete temp files and blobs whose content is not their name; returns what went."""
+        """Delete temp files of processes that are gone and blobs whose content is not their
+        name; returns what went."""
         removed: list[str] = []
         if not self.blobs.is_dir():
             return removed
+        with self.share.lock.held():
+            live, _ = self.share.owner.others()
+            removed += self._orphans(live)
+        # Hashing every blob takes a while: outside the lock; a wrong one goes under it, if
+        # it is still the file that was hashed.
         for entry in self.blobs.iterdir():
-            if entry.name.startswith(TMP_PREFIX) or not HEX_RE.match(entry.name):
-                entry.unlink(missing_ok=True)
-                removed.append(entry.name)
-            elif file_digest(entry) != entry.name:
-                log.warning("corrupt blob removed from the model cache", extra={"blob": entry.name})
-                entry.unlink(missing_ok=True)
-                removed.append(entry.name)
+            if not HEX_RE.match(entry.name):
+                continue
+            try:
+                inode = entry.stat().st_ino
+                wrong = file_digest(entry) != entry.name
+            except FileNotFoundError:  # another process collected it meanwhile
+                continue
+            if wrong:
+                with self.share.lock.held(), contextlib.suppress(FileNotFoundError):
+                    if entry.stat().st_ino == inode:
+                        log.warning("corrupt blob removed from the model cache",
+                                    extra={"blob": entry.name})
+                        entry.unlink()
+                        removed.append(entry.name)
+        return removed
+
+    def _orphans(self, live: set[str]) -> list[str]:
+        """Under the lock: temp files whose writer is gone (not this process, not ``live``)."""
+        removed = []
+        mine = TMP_PREFIX + self.share.owner.partial_prefix
+        for entry in self.blobs.iterdir():
+            if HEX_RE.match(entry.name) or entry.name.startswith(mine):
+                continue
+            if entry.name.startswith(TMP_PREFIX):
+                owner = entry.name[len(TMP_PREFIX):].partition("-")[0]
+                if owner in live:
+                    continue  # another live process's download
+            entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+        # state.json's and the leases' temp files are written under the lock: any there now
+        # is a writer's that died.
+        for folder in (self.root, self.root / "owners"):
+            if folder.is_dir():
+                for entry in folder.glob(".*.tmp"):
+                    entry.unlink(missing_ok=True)
+                    removed.append(entry.name)
         return removed
 
     def collect_garbage(self, keep: set[str]) -> list[str]:
-        """Delete every blob not in ``keep`` (hex digests)."""
-        removed = []
-        if self.blobs.is_dir():
+        """Delete every blob not in ``keep`` (hex digests) nor in a live process's lease (this
+        one's included), and the temp files of processes that are gone."""
+        removed: list[str] = []
+        if not self.blobs.is_dir():
+            return removed
+        with self.share.lock.held():
+            live, leased = self.share.owner.others()
+            removed += self._orphans(live)
+            if leased is None:
+                return removed
+            keep = set(keep) | leased | self.share.owner.lease
             for entry in self.blobs.iterdir():
                 if HEX_RE.match(entry.name) and entry.name not in keep:
                     entry.unlink(missing_ok=True)
                     removed.append(entry.name)
+            if removed:
+                fsync_dir(self.blobs)
         return removed
 
     # -- state.json ------------------------------------------------------------------------
@@ -145,10 +239,11 @@ class ModelCache:
     def remember(self, name: str, version: CachedVersion, keep: int | None = None) -> set[str]:
         """Record ``version`` as ``name``'s last-known-good (first), keep at most ``keep``
         versions of it; returns the digests every model still needs (for garbage collection)."""
-        state = self.load_state()
-        versions = [version, *(v for v in state.get(name, []) if v.model != version.model)]
-        state[name] = versions[:keep] if keep else versions
-        self.save_state(state)
+        with self.share.lock.held():  # read-modify-write: another process may write it too
+            state = self.load_state()
+            versions = [version, *(v for v in state.get(name, []) if v.model != version.model)]
+            state[name] = versions[:keep] if keep else versions
+            self.save_state(state)
         return {blob for vs in state.values() for v in vs for blob in v.blobs()}
 
     def rejected(self) -> dict[str, str]:
@@ -160,40 +255,47 @@ class ModelCache:
     def reject(self, name: str, digest: str) -> None:
         """Record ``digest`` as ``name``'s rolled-back version: no longer its last-known-good
         (a restart starts from the version before it), not retried by the sync."""
-        state = self.load_state()
-        state[name] = [v for v in state.get(name, []) if v.model != digest]
-        self.save_state(state, {**self.rejected(), name: digest})
+        with self.share.lock.held():
+            state = self.load_state()
+            state[name] = [v for v in state.get(name, []) if v.model != digest]
+            self.save_state(state, {**self.rejected(), name: digest})
 
     def forgive(self, name: str) -> None:
         """The manifest names another version of ``name``: its rejection has served."""
-        rejected = self.rejected()
-        if rejected.pop(name, None) is not None:
-            self.save_state(self.load_state(), rejected)
+        with self.share.lock.held():
+            rejected = self.rejected()
+            if rejected.pop(name, None) is not None:
+                self.save_state(self.load_state(), rejected)
 
     def save_state(self, state: dict[str, list[CachedVersion]],
                    rejected: dict[str, str] | None = None) -> None:
         """Write ``state`` (and ``rejected``; None: keep what the file says)."""
-        rejected = self.rejected() if rejected is None else rejected
-        doc: dict[str, Any] = {
-            "models": {name: [asdict(v) for v in versions] for name, versions in state.items()}}
-        if rejected:
-            doc["rejected"] = rejected
-        try:
-            atomic_write(self.state_file, (json.dumps(doc, indent=2) + "\n").encode())
-        except OSError as exc:
-            raise CacheError(f"cannot write {self.state_file}: {exc.strerror}") from exc
+        with self.share.lock.held():
+            rejected = self.rejected() if rejected is None else rejected
+            doc: dict[str, Any] = {
+                "models": {name: [asdict(v) for v in versions]
+                           for name, versions in state.items()}}
+            if rejected:
+                doc["rejected"] = rejected
+            try:
+                atomic_write(self.state_file, (json.dumps(doc, indent=2) + "\n").encode())
+            except OSError as exc:
+                raise CacheError(f"cannot write {self.state_file}: {exc.strerror}") from exc
 
 
 class BlobWriter:
-    def __init__(self, blobs: Path, hexdigest: str, max_bytes: int) -> None:
+    def __init__(self, blobs: Path, hexdigest: str, max_bytes: int, share: Sharing) -> None:
         self.final = blobs / hexdigest
         self._blobs = blobs
         self._hexdigest = hexdigest
         self._max_bytes = max_bytes
+        self._share = share
         self._hasher = hashlib.sha256()
         self._size = 0
         try:
-            fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=blobs)
+            share.owner.register()  # its temp file is known as this live process's from now
+            fd, name = tempfile.mkstemp(prefix=TMP_PREFIX + share.owner.partial_prefix,
+                                        dir=blobs)
         except OSError as exc:
             raise _unwritable(blobs, exc) from exc
         self._tmp = Path(name)
@@ -223,8 +325,9 @@ class BlobWriter:
             os.fsync(self._file.fileno())
             self._file.close()
             self._tmp.chmod(0o644)
-            os.replace(self._tmp, self.final)
-            fsync_dir(self._blobs)
+            with self._share.lock.held():  # not during a garbage collection
+                os.replace(self._tmp, self.final)
+                fsync_dir(self._blobs)
         except OSError as exc:
             raise _unwritable(self._blobs, exc) from exc
         finally:

@@ -247,7 +247,8 @@ class Fetcher:
         return None if resolved.golden_url is None else self._cache.path(resolved.golden_digest)
 
     async def _fetch_blob(self, url: str, digest: str) -> Path:
-        if self._cache.has(digest):
+        # Leased first: no other process sharing the state dir collects it from now on.
+        if await asyncio.to_thread(self._cache.claim, digest):
             return self._cache.path(digest)
         source = self._source(url)
 

@@ -98,7 +98,17 @@ class Syncer:
         self.status.connected = reachable
         if reachable:
             self.status.last_success = time.time()
+        # The lease: what this process serves now (the pass's downloads that were not swapped
+        # in are released to other processes' garbage collection).
+        await asyncio.to_thread(self._cache.serve, self._served())
         return report
+
+    def _served(self, *more: VersionRecord) -> set[str]:
+        """The blobs of every version this process holds loaded (active, shadows, ``more``)."""
+        records = [*self._service.active(), *(s.record for s in self._service.shadows.values()),
+                   *more]
+        golden = {r.golden.sha256.removeprefix("sha256:") for r in records if r.golden}
+        return {r.digest for r in records} | (golden - {""})
 
     async def _apply(self, plan: ModelPlan) -> str:
         target, cohort = plan.choose(self._node)
@@ -112,8 +122,8 @@ class Syncer:
             return f"running {running.version} ({cohort})"
         rejected = await asyncio.to_thread(self._cache.rejected)
         if rejected.get(plan.name) == digest:
-            return (f"not retried: {resolved.version} was rolled back on this node (until the "
-                    f"manifest names another version)")
+            return (f"not retried: {resolved.version} was rolled back or refused on this node "
+                    f"(until the manifest names another version)")
         if plan.name in rejected:
             await asyncio.to_thread(self._cache.forgive, plan.name)
         path = await self._fetcher.fetch(resolved)
@@ -127,9 +137,10 @@ class Syncer:
         policy = plan.bake
         second = running is not None and (policy.bake_s > 0 or policy.shadow.before_swap_s > 0) \
             and self._room(plan.name, spec.path)
+        bake = second and policy.bake_s > 0
         try:
             record, previous = await self._swapper.swap(
-                plan.name, spec, gate, cohort, keep_previous=second and policy.bake_s > 0,
+                plan.name, spec, gate, cohort, keep_previous=bake,
                 trial=policy if second and policy.shadow.before_swap_s > 0 else None)
         except ShadowRefusedError:
             await asyncio.to_thread(self._cache.reject, plan.name, digest)
@@ -137,8 +148,10 @@ class Syncer:
                         "manifest names another version",
                         extra={"model": plan.name, "version": spec.version})
             raise
-        self._remember(plan.name, spec, resolved)
-        if previous is not None and second and policy.bake_s > 0:
+        # (the previous version kept for the bake stays this process's)
+        held = self._served(*([previous] if bake and previous is not None else []))
+        await asyncio.to_thread(self._remember, plan.name, spec, resolved, held)
+        if bake and previous is not None:
             await self.baker.start(record, previous, policy)
         return f"swapped to {spec.version} ({cohort}, score {record.score}, gate {record.gate})"
 
@@ -159,9 +172,13 @@ class Syncer:
     async def close(self) -> None:
         await self.baker.close()
 
-    def _remember(self, name: str, spec: VersionSpec, resolved: Resolved) -> None:
+    def _remember(self, name: str, spec: VersionSpec, resolved: Resolved,
+                  served: set[str]) -> None:
+        """(In a worker thread: it takes the state dir's lock.)"""
         version = CachedVersion(spec.version, spec.sha256, resolved.sidecar, spec.source)
-        self._cache.collect_garbage(self._cache.remember(name, version, self._keep))
+        keep = self._cache.remember(name, version, self._keep)
+        self._cache.serve(served)  # the version swapped out is no longer this process's
+        self._cache.collect_garbage(keep)
 
     async def run(self, interval_s: float, watch_s: float = 2.0) -> None:
         """Sync every ``interval_s``, and within ``watch_s`` of a change to a file manifest

@@ -28,10 +28,9 @@ def use_last_known_good(service: ModelService, cache: ModelCache) -> None:
     removed = cache.recover()
     if removed:
         log.warning("removed partial or corrupt blobs from the cache", extra={"blobs": removed})
-    for name, versions in cache.load_state().items():
-        if name not in service.models or not versions:
+    for name, good in cache.last_known_good().items():
+        if name not in service.models:
             continue
-        good = versions[0]
         golden = cache.path(good.golden) if good.golden and cache.has(good.golden) else None
         try:
             spec = spec_from_sidecar(cache.path(good.model), good.sidecar, good.source,

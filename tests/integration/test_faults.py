@@ -24,6 +24,7 @@ from lifecycle_helpers import (
     fusion_model,
     models,
     publish,
+    samples,
     summary,
     write_manifest,
 )
@@ -79,9 +80,11 @@ async def test_a_run_that_raises_fails_only_its_own_request_and_is_counted(
     status, body = await infer(5)
     assert status == 200
     assert body["outputs"][0]["data"] == [10.0, 11.0]
-    got = await summary(client)
+    got = samples(await (await client.get("/metrics")).text())  # every reason: /metrics
     key = (("model", "lookup"), ("reason", "inference_failed"))
     assert got[("edge_requests_rejected_total", key)] == 1
+    five_xx = ("edge_requests_total", (("code", "5xx"), ("model", "lookup")))
+    assert (await summary(client))[five_xx] == 1
     assert (await client.get("/livez")).status == 200
     assert (await client.get("/health")).status == 200
 

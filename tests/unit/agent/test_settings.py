@@ -98,6 +98,8 @@ def test_lists_from_the_environment():
             ["models[1].name"],
         ),
         ({}, {"models": [{"name": "../etc", "path": "/a"}]}, ["models[0].name"]),
+        # 17 characters: past the length that keeps /metrics/summary within 4 KB
+        ({}, {"models": [{"name": "a" * 17, "path": "/a"}]}, ["models[0].name", "1-16"]),
         ({}, {"models": [{"name": "a"}]}, ["models[0].path"]),
         ({}, {"models": [{"name": "a", "bundled": "yolo"}]}, ["models[0].bundled", "defects"]),
         (

@@ -29,7 +29,7 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 REQUIRED_METRICS = {
     "edge_inference_latency_seconds",  # p99 per node
     "edge_queue_depth_max",  # queue depth per node
-    "edge_throughput_per_second",  # fps per node and model
+    "edge_inference_latency_seconds_count",  # fps per node and model (the window count / 60)
     "edge_model_validation_score",  # accuracy per model and version
     "up",  # offline nodes
     "edge_ready",  # nodes not ready

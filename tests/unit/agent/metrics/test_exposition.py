@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+
 from prometheus_client.parser import text_string_to_metric_families
 from support import promtool_check
 
 from agent.metrics.accelerators import Reading
-from agent.metrics.exposition import ModelSnapshot, Snapshot, render_full, render_summary
+from agent.metrics.exposition import (
+    MAX_VERSION_LABEL,
+    SERIES_PER_MODEL,
+    ModelSnapshot,
+    Snapshot,
+    code_class,
+    render_full,
+    render_summary,
+    version_label,
+)
 from agent.metrics.recorder import BUCKETS, OTHER_CAMERA, Recorder
+from agent.settings import MAX_MODEL_NAME
+from benchmarks.summary_size import worst_case
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -74,18 +88,85 @@ def test_summary_says_what_was_measured():
     assert got[count] == 200
     assert got[("edge_queue_depth", frozenset({"model": "defects"}.items()))] == 3
     assert got[("edge_queue_depth_max", frozenset({"model": "defects"}.items()))] == 6
-    assert got[("edge_throughput_per_second", frozenset({"model": "fusion"}.items()))] == 20.0
-    assert got[("edge_requests_total", frozenset({"model": "defects", "code": "503"}.items()))] == 1
-    assert got[("edge_requests_rejected_total",
-                frozenset({"model": "defects", "reason": "queue_full"}.items()))] == 1
-    info = {"model": "fusion", "version": "1.0.0", "digest": DIGEST, "provider": "tensorrt"}
+    # Codes by class: 200 x 200, then 400, 413, 415 and 503, 504.
+    codes = {dict(lbl)["code"]: v for (name, lbl), v in got.items()
+             if name == "edge_requests_total" and dict(lbl)["model"] == "defects"}
+    assert codes == {"2xx": 200, "4xx": 3, "5xx": 2}
+    reasons = {dict(lbl)["reason"]: v for (name, lbl), v in got.items()
+               if name == "edge_requests_rejected_total"}
+    assert reasons == {"queue_full": 1}  # the others only in /metrics
+    info = {"model": "fusion", "version": "1.0.0", "digest": DIGEST[:19], "provider": "tensorrt"}
     assert got[("edge_model_info", frozenset(info.items()))] == 1
     assert got[("edge_model_validation_score",
                 frozenset({"model": "defects", "version": "1.0.0"}.items()))] == 0.8586
     assert got[("edge_accelerator_utilization_ratio",
-                frozenset({"device": "0", "name": "NVIDIA H100 80GB HBM3"}.items()))] == 0.41
+                frozenset({"device": "all"}.items()))] == 0.41
     assert got[("edge_ready", frozenset())] == 1
     assert not any(dict(labels).get("model") == "nope" for _, labels in got)
+    assert not any(name in ("edge_throughput_per_second", "edge_accelerator_temperature_celsius")
+                   for name, _ in got)
+
+
+def test_full_metrics_keep_every_code_reason_device_and_the_throughput():
+    rec, snap = busy_recorder()
+    got = samples(render_full(rec, snap))
+    assert got[("edge_throughput_per_second", frozenset({"model": "fusion"}.items()))] == 20.0
+    codes = {dict(lbl)["code"]: v for (name, lbl), v in got.items()
+             if name == "edge_requests_total" and dict(lbl)["model"] == "defects"}
+    assert codes == {"200": 200, "400": 1, "413": 1, "415": 1, "503": 1, "504": 1}
+    reasons = {dict(lbl)["reason"] for (name, lbl) in got if name == "edge_requests_rejected_total"}
+    assert reasons == {"queue_full", "bad_image", "too_large", "deadline",
+                       "unsupported_media_type"}
+    assert got[("edge_accelerator_utilization_ratio",
+                frozenset({"device": "0", "name": "NVIDIA H100 80GB HBM3"}.items()))] == 0.41
+    assert got[("edge_accelerator_temperature_celsius", frozenset({"device": "0"}.items()))] == 63
+
+
+def test_the_summary_folds_several_accelerators_into_one_reading():
+    """Fake readings (no GPU here): the busiest device's utilisation, the memory summed."""
+    rec, snap = busy_recorder()
+    gpus = [Reading("0", "A", 0.2, 1e9, 8e10, 50.0), Reading("1", "B", 0.9, 3e9, 8e10, None),
+            Reading("2", "C", 0.5, None, None, 70.0)]
+    got = samples(render_summary(rec, dataclasses.replace(snap, accelerators=gpus)))
+    accel = {name: v for (name, lbl), v in got.items() if name.startswith("edge_accelerator")}
+    assert accel == {"edge_accelerator_utilization_ratio": 0.9,
+                     "edge_accelerator_memory_used_bytes": 4e9,
+                     "edge_accelerator_memory_total_bytes": 1.6e11}
+    assert {dict(lbl)["device"] for (name, lbl) in got if name.startswith("edge_accel")} == {"all"}
+
+
+def test_a_long_version_is_cut_to_a_bounded_label_and_stays_distinct():
+    a, b = "2026.12.01-build.1234567-a", "2026.12.01-build.1234567-b"
+    assert len(version_label(a)) == MAX_VERSION_LABEL
+    assert version_label(a) != version_label(b)
+    assert version_label(a).startswith("2026.12")
+    assert version_label("1.2.0") == "1.2.0"
+    assert [code_class(c) for c in ("200", "204", "400", "499", "500", "504", "x")] == \
+        ["2xx", "2xx", "4xx", "4xx", "5xx", "5xx", "5xx"]
+
+
+def test_worst_case_summary_of_two_models_fits_4_kb_by_construction():
+    """Two models with names at the validated maximum, versions past the label cap, every
+    status code and refusal reason counted billions of times, latencies of every magnitude,
+    four (fake) GPUs, a fleet manifest (canary, control plane, last sync) and a shadow in each:
+    at most 4096 bytes, and a fixed number of series whatever the traffic."""
+    text = worst_case(2)
+    assert len(text) <= 4096, len(text)
+    result = promtool_check(text)
+    assert result.returncode == 0, result.stdout + result.stderr
+    got = samples(text)
+    first = "m0-".ljust(MAX_MODEL_NAME, "x")
+    per_model = [lbl for _, lbl in got if dict(lbl).get("model") == first]
+    assert len(per_model) == SERIES_PER_MODEL
+    assert len(got) == 2 * SERIES_PER_MODEL + 6  # ready, control plane, last sync, 3 GPU
+
+
+def test_each_extra_model_adds_a_fixed_increment():
+    """What a third (fourth) model costs: the same number of bytes each time, under 1.2 KB."""
+    sizes = [len(worst_case(n)) for n in (1, 2, 3, 4)]
+    steps = {b - a for a, b in itertools.pairwise(sizes)}
+    assert len(steps) == 1, sizes
+    assert steps.pop() <= 1200, sizes
 
 
 def test_full_metrics_have_histograms_stages_cameras_and_process_and_are_promtool_clean():

@@ -102,6 +102,8 @@ async def test_state_round_trips_and_forgets_versions_whose_blobs_are_gone(tmp_p
     assert cache.load_state() == {"defects": [good]}
     cache.state_file.write_text("{not json")
     assert cache.load_state() == {}
+    assert cache.collect_garbage(keep=set()) == []  # written here: leased until served or not
+    cache.serve(set())
     assert cache.collect_garbage(keep=set()) == [parse_digest(DIGEST)]
 
 
@@ -118,6 +120,7 @@ async def test_a_versions_golden_set_is_kept_with_it_and_collected_with_it(tmp_p
     assert cache.collect_garbage(keep) == []
     assert cache.has(golden_digest)
     newer = CachedVersion("1.2.0", "3" * 64, {"name": "defects"})
+    cache.serve({newer.model})  # this process moved on to the newer version
     assert cache.collect_garbage(cache.remember("defects", newer, keep=1)) != []
     assert not cache.has(golden_digest)
 
