@@ -56,6 +56,7 @@ class ModelSnapshot:
     relayouts: int = 0
     shadow: ShadowSnapshot | None = None
     rollbacks: int = 0  # since start
+    precision: str = ""  # the precision that serves ("fp32", "int8", ...)
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def summary_families(recorder: Recorder, snap: Snapshot) -> list[Metric]:
     info = GaugeMetricFamily(
         "edge_model_info",
         "Model being served (always 1).",
-        labels=["model", "version", "digest", "provider"],
+        labels=["model", "version", "digest", "provider", "precision"],
     )
     score = GaugeMetricFamily(
         "edge_model_validation_score",
@@ -143,7 +144,7 @@ def summary_families(recorder: Recorder, snap: Snapshot) -> list[Metric]:
         for reason, n in sorted(s.rejected.items()):
             rejected.add_metric([m.name, reason], n)
         if m.version:
-            info.add_metric([m.name, m.version, m.digest, m.provider], 1)
+            info.add_metric([m.name, m.version, m.digest, m.provider, m.precision], 1)
         if m.validation_score is not None:
             score.add_metric([m.name, m.version], m.validation_score)
         if m.rollout:
