@@ -1,0 +1,154 @@
+"""The variant gate's rule, its store and the sidecar's variants list (pure parts; the real
+measurement on real models is in tests/integration/test_precision.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agent.precision import (
+    ChoiceStore,
+    Measured,
+    PrecisionPath,
+    VariantFile,
+    choose,
+    precision_choices,
+    precision_paths,
+    select,
+    store_key,
+)
+from agent.settings_loader import SettingsError, load_settings
+from inference.golden import GoldenSpec
+from inference.session import SessionConfig
+from inference.variants import VariantError, sidecar_variants
+
+
+def m(precision: str, ms: float, score: float, error: str = "") -> Measured:
+    return Measured(precision, ms, score, error=error)
+
+
+def test_the_fastest_variant_within_max_drop_serves():
+    measured = {"fp32": m("fp32", 50, 0.86), "int8": m("int8", 30, 0.855)}
+    precision, why = choose(measured, 0.01)
+    assert precision == "int8"
+    assert "30.00 ms vs fp32 50.00 ms" in why
+
+
+def test_a_variant_beyond_max_drop_never_serves_however_fast():
+    measured = {"fp32": m("fp32", 50, 0.86), "int8": m("int8", 1, 0.80)}
+    precision, why = choose(measured, 0.01)
+    assert precision == "fp32"
+    assert "int8 scored 0.8000, 0.0600 under fp32 (max_drop 0.01)" in why
+
+
+def test_fp32_serves_when_it_is_the_fastest_or_on_a_tie():
+    assert choose({"fp32": m("fp32", 20, 0.86), "int8": m("int8", 30, 0.86)}, 0.01)[0] == "fp32"
+    assert choose({"fp32": m("fp32", 30, 0.86), "int8": m("int8", 30, 0.86)}, 0.01)[0] == "fp32"
+
+
+def test_among_several_qualified_paths_the_fastest_wins_and_failed_ones_are_out():
+    measured = {"fp32": m("fp32", 50, 0.86), "int8": m("int8", 30, 0.86),
+                "bf16": m("bf16", 20, 0.859), "x": Measured("x", error="no kernel")}
+    precision, why = choose(measured, 0.01)
+    assert precision == "bf16"
+    assert "x no kernel" in why
+
+
+def test_no_fp32_score_means_fp32():
+    assert choose({"fp32": Measured("fp32", error="boom"), "int8": m("int8", 1, 1.0)},
+                  1.0)[0] == "fp32"
+
+
+def test_the_sidecar_variants_list_is_read_and_checked():
+    sidecar = {"file": "model.onnx", "variants": [
+        {"precision": "fp32", "file": "model.onnx", "sha256": "ab" * 32, "score": 0.9},
+        {"precision": "int8", "file": "model.int8.onnx", "sha256": "sha256:" + "cd" * 32,
+         "score": 0.89}]}
+    (int8,) = sidecar_variants(sidecar)
+    assert (int8.precision, int8.file, int8.sha256, int8.score) == (
+        "int8", "model.int8.onnx", "cd" * 32, 0.89)
+    assert sidecar_variants({"file": "model.onnx"}) == []
+    bad = [
+        {"variants": "int8"},
+        {"variants": [{"precision": "int8", "file": "../x.onnx", "sha256": "cd" * 32}]},
+        {"variants": [{"precision": "int8", "file": "x.onnx", "sha256": "nope"}]},
+        {"variants": [{"precision": "INT 8", "file": "x.onnx", "sha256": "cd" * 32}]},
+        {"variants": [{"precision": "int8", "file": "x.onnx", "sha256": "cd" * 32,
+                       "score": "high"}]},
+        {"variants": [{"precision": "int8", "file": "x.onnx", "sha256": "cd" * 32},
+                      {"precision": "int8", "file": "y.onnx", "sha256": "ef" * 32}]},
+    ]
+    for sidecar in bad:
+        with pytest.raises(VariantError):
+            sidecar_variants(sidecar)
+
+
+def test_the_store_keeps_measurements_by_key_and_survives_a_bad_file(tmp_path: Path):
+    store = ChoiceStore(tmp_path)
+    measured = [m("fp32", 50, 0.86), Measured("int8", 30.5, 0.85, 0.851)]
+    store.put("k1", "defects", measured, 0.02)
+    assert ChoiceStore(tmp_path).get("k1") == (measured, 0.02)
+    assert store.get("k2") is None
+    store.path.write_text("{not json")
+    assert store.get("k1") is None  # measured again, never a failed load
+    store.put("k3", "defects", measured, 0.01)
+    assert set(json.loads(store.path.read_text())["entries"]) == {"k3"}
+
+
+def test_the_key_changes_with_any_file_digest_the_golden_set_or_the_threads(tmp_path: Path):
+    golden = GoldenSpec(tmp_path / "g.tar", "map50", sha256="11" * 32)
+    files = [VariantFile("fp32", tmp_path / "a", "aa" * 32),
+             VariantFile("int8", tmp_path / "b", "bb" * 32)]
+    config = SessionConfig(intra_op_threads=2)
+    key = store_key(files, golden, config, "cpu", ["fp32", "int8"])
+    assert key == store_key(files, golden, config, "cpu", ["int8", "fp32"])
+    other = [files[0], VariantFile("int8", tmp_path / "b", "bc" * 32)]
+    assert store_key(other, golden, config, "cpu", ["fp32", "int8"]) != key
+    assert store_key(files, GoldenSpec(golden.path, "map50", sha256="12" * 32), config, "cpu",
+                     ["fp32", "int8"]) != key
+    assert store_key(files, golden, SessionConfig(intra_op_threads=1), "cpu",
+                     ["fp32", "int8"]) != key
+    assert store_key(files, golden, config, "cpu", ["fp32", "int8", "bf16"]) != key
+
+
+async def _select(tmp_path: Path, files: list[VariantFile], pinned: str,
+                  golden: GoldenSpec | None = None):
+    return await select(model="m", kind="yolov8", files=files, golden=golden, pinned=pinned,
+                        max_drop=None, default_max_drop=0.01, config=SessionConfig(),
+                        provider="cpu", names=None, store=ChoiceStore(tmp_path))
+
+
+async def test_a_pin_the_version_cannot_honour_falls_back_to_fp32_with_the_reason(tmp_path):
+    fp32 = VariantFile("fp32", tmp_path / "model.onnx", "aa" * 32)
+    int8 = VariantFile("int8", tmp_path / "model.int8.onnx", "bb" * 32)
+    missing = await _select(tmp_path, [fp32], "int8")
+    assert missing.file is fp32
+    assert missing.choice.precision == "fp32"
+    assert "pinned int8, but this version has no int8 variant" in missing.choice.reason
+    pinned = await _select(tmp_path, [fp32, int8], "int8")
+    assert (pinned.file, pinned.choice.precision) == (int8, "int8")
+    assert pinned.choice.describe()["setting"] == "int8"
+    # auto with a variant but no golden set: fp32, nothing measured.
+    unchecked = await _select(tmp_path, [fp32, int8], "auto")
+    assert unchecked.choice.precision == "fp32"
+    assert "no golden set" in unchecked.choice.reason
+    assert not (tmp_path / "precision.json").exists()
+
+
+def test_the_registry_is_the_extension_point_and_settings_follow_it(tmp_path, monkeypatch):
+    paths = precision_paths()
+    assert set(paths) >= {"fp32", "int8"} and paths["fp32"].file == "fp32"
+    assert precision_choices()[0] == "auto"
+    with pytest.raises(SettingsError, match=r"models\[0\]\.precision"):
+        load_settings(environ={}, overrides={
+            "models": [{"name": "a", "path": "/x.onnx", "precision": "fp8"}]})
+    # A path added to the registry (the way an OpenVINO bf16 path joins) is a valid pin.
+    import agent.precision as precision
+
+    monkeypatch.setattr(precision, "precision_paths",
+                        lambda: {**paths, "bf16": PrecisionPath("fp32")})
+    settings = load_settings(environ={}, overrides={
+        "models": [{"name": "a", "path": "/x.onnx", "precision": "bf16"}]})
+    assert settings.models[0].precision == "bf16"
