@@ -43,7 +43,8 @@ def pack_int8(onnx_file: Path, golden: Path, out: Path, version: str) -> dict:
          str(out), "--name", "defects", "--version", version, "--int8"],
         capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
-    assert "quantizing" in done.stderr and "calibrated on 12 inputs" in done.stderr, done.stderr
+    assert "quantizing" in done.stderr, done.stderr
+    assert "calibrated on 12 inputs" in done.stderr, done.stderr
     return json.loads((out / "model.json").read_text())
 
 
@@ -159,7 +160,8 @@ async def test_a_file_share_variant_is_measured_chosen_by_the_rule_cached_and_co
     assert (choice["setting"], choice["max_drop"], choice["measured"]) == ("auto", 0.05, "now")
     assert set(choice["variants"]) == {"fp32", "int8"}
     for name, v in choice["variants"].items():
-        assert v["median_ms"] > 0 and 0.5 < v["score"] <= 1.0, (name, v)
+        assert v["median_ms"] > 0, (name, v)
+        assert 0.5 < v["score"] <= 1.0, (name, v)
     # Measured on this node with the packing pipeline: the scores are the packed ones.
     assert choice["variants"]["int8"]["score"] == pytest.approx(
         sidecar["variants"][1]["score"], abs=1e-6)
@@ -204,7 +206,8 @@ async def test_a_file_share_variant_is_measured_chosen_by_the_rule_cached_and_co
     assert defects["precision"] == choice["serving"] == "fp32"
     int8 = choice["variants"]["int8"]
     assert choice["variants"]["fp32"]["score"] - int8["score"] > 0.05, choice
-    assert "int8 scored" in choice["reason"] and "max_drop 0.05" in choice["reason"]
+    assert "int8 scored" in choice["reason"]
+    assert "max_drop 0.05" in choice["reason"]
     assert int8["packed_score"] == broken["variants"][1]["score"]  # its claim, not believed
     assert len([r for r in caplog.records if r.getMessage() == "measuring precision"]) == 2
     assert (blobs / broken["variants"][1]["sha256"]).is_file()
@@ -230,13 +233,15 @@ async def test_a_pinned_precision_is_served_and_one_the_version_lacks_falls_back
     assert defects["precision"] == "int8"
     choice = defects["precision_choice"]
     assert (choice["setting"], choice["serving"]) == ("int8", "int8")
-    assert "pinned" in choice["reason"] and "variants" not in choice  # nothing measured
+    assert "pinned" in choice["reason"]
+    assert "variants" not in choice
     frame = (DEFECTS.golden_path / "001.jpg").read_bytes()
     resp = await client.post("/v1/models/defects/detect", data=frame,
                              headers={"Content-Type": "image/jpeg"})
     assert resp.status == 200
     body = await resp.json()
-    assert body["version"] == "1.1.0" and body["detections"], body
+    assert body["version"] == "1.1.0", body
+    assert body["detections"], body
 
 
 async def test_an_oci_artifact_carries_the_variant_as_a_layer(

@@ -139,7 +139,8 @@ async def test_a_pin_the_version_cannot_honour_falls_back_to_fp32_with_the_reaso
 
 def test_the_registry_is_the_extension_point_and_settings_follow_it(tmp_path, monkeypatch):
     paths = precision_paths()
-    assert set(paths) >= {"fp32", "int8"} and paths["fp32"].file == "fp32"
+    assert set(paths) >= {"fp32", "int8"}
+    assert paths["fp32"].file == "fp32"
     assert precision_choices()[0] == "auto"
     with pytest.raises(SettingsError, match=r"models\[0\]\.precision"):
         load_settings(environ={}, overrides={
