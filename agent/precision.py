@@ -279,7 +279,9 @@ async def measure(kind: str, name: str, path: PrecisionPath, file: VariantFile,
                   golden: GoldenSpec) -> Measured:
     """``name``'s speed (median of warm batch-1 runs) and golden-set score on this node."""
     try:
-        runner = await asyncio.to_thread(build_runner, kind, path, file, config, names)
+        # (the fp32 file's digest was checked by the load that asks)
+        runner = await asyncio.to_thread(build_runner, kind, path, file, config, names,
+                                         file.precision != FP32)
         await asyncio.to_thread(runner.warmup, 1)
         times = []
         for _ in range(TIMED_RUNS):
