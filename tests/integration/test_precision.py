@@ -21,6 +21,7 @@ import pytest
 from lifecycle_helpers import (
     AUTH,
     DEFECTS,
+    cache_import,
     defects_onnx,
     first_sync_done,
     golden_folder,
@@ -270,3 +271,24 @@ async def test_an_oci_artifact_carries_the_variant_as_a_layer(
     assert (blobs / sidecar["variants"][1]["sha256"]).is_file()
     state = json.loads((settings.state_dir / "models" / "state.json").read_text())
     assert state["models"]["defects"][0]["sidecar"]["variants"] == sidecar["variants"]
+
+
+async def test_an_air_gapped_import_carries_the_variant_and_the_node_starts_on_it(
+    packed, lifecycle, client_factory, tmp_path
+):
+    """``cache import`` stores the variant with its version; the node starts on the version
+    with no network and chooses under the node's own limit (``precision_max_drop``)."""
+    sidecar = json.loads((packed / "model.json").read_text())
+    manifest, make = lifecycle
+    settings = defects_settings(make, **{})
+    cache_import(packed / "model.json", settings.state_dir)
+    blobs = settings.state_dir / "models" / "blobs" / "sha256"
+    assert (blobs / sidecar["variants"][1]["sha256"]).is_file()
+    write_manifest(manifest, (tmp_path / "nowhere" / "model.json").as_uri())  # unreachable
+    client = await client_factory(settings)
+    defects = (await models(client))["defects"]
+    assert defects["version"] == "1.1.0"
+    choice = defects["precision_choice"]
+    assert (choice["max_drop"], choice["measured"]) == (0.01, "now")
+    assert set(choice["variants"]) == {"fp32", "int8"}
+    assert_follows_the_rule(choice, 0.01)
