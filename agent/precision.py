@@ -274,27 +274,59 @@ def build_runner(kind: str, path: PrecisionPath, file: VariantFile, config: Sess
     return servable_from_session(kind, path.session(file.path, config, digest), names)
 
 
-async def measure(kind: str, name: str, path: PrecisionPath, file: VariantFile,
+def _error(exc: Exception) -> str:
+    return exc.message if isinstance(exc, EdgeError) else f"{type(exc).__name__}: {exc}"
+
+
+def _timed_run(runner: Servable) -> float:
+    """One warm batch-1 run, in ms (timed in the thread that runs it)."""
+    t0 = time.monotonic()
+    runner.warmup(1)
+    return (time.monotonic() - t0) * 1000
+
+
+async def measure(kind: str, candidates: dict[str, tuple[PrecisionPath, VariantFile]],
                   config: SessionConfig, names: dict[int, str] | None,
-                  golden: GoldenSpec) -> Measured:
-    """``name``'s speed (median of warm batch-1 runs) and golden-set score on this node."""
-    try:
-        # (the fp32 file's digest was checked by the load that asks)
-        runner = await asyncio.to_thread(build_runner, kind, path, file, config, names,
-                                         file.precision != FP32)
-        await asyncio.to_thread(runner.warmup, 1)
-        times = []
-        for _ in range(TIMED_RUNS):
-            t0 = time.monotonic()
+                  golden: GoldenSpec) -> list[Measured]:
+    """Each candidate's speed (median of warm batch-1 runs) and golden-set score on this node.
+
+    The timed runs are interleaved (one of each path, then again), so a burst of other work on
+    the node slows every path alike instead of whichever was being timed then."""
+    runners: dict[str, Servable] = {}
+    errors: dict[str, str] = {}
+    for name, (path, file) in candidates.items():
+        try:
+            # (the fp32 file's digest was checked by the load that asks)
+            runner = await asyncio.to_thread(build_runner, kind, path, file, config, names,
+                                             file.precision != FP32)
             await asyncio.to_thread(runner.warmup, 1)
-            times.append((time.monotonic() - t0) * 1000)
+            runners[name] = runner
+        except Exception as exc:  # an ORT kernel that fails on this CPU: not a candidate
+            errors[name] = _error(exc)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(TIMED_RUNS):
+        for name in list(runners):
+            try:
+                times[name].append(await asyncio.to_thread(_timed_run, runners[name]))
+            except Exception as exc:
+                errors[name] = _error(exc)
+                del runners[name]
+    scores: dict[str, float] = {}
+    for name, runner in list(runners.items()):
         detect, infer = direct_scoring(runner)
-        score = await kind_adapters()[kind].score(runner, golden, detect, infer)
-    except EdgeError as exc:
-        return Measured(name, packed_score=file.packed_score, error=exc.message)
-    except Exception as exc:  # an ORT kernel that fails on this CPU: not a candidate
-        return Measured(name, packed_score=file.packed_score, error=f"{type(exc).__name__}: {exc}")
-    return Measured(name, statistics.median(times), score, file.packed_score)
+        try:
+            scores[name] = await kind_adapters()[kind].score(runner, golden, detect, infer)
+        except Exception as exc:
+            errors[name] = _error(exc)
+    runners.clear()  # the sessions go now, before the chosen one is built
+    out = []
+    for name, (_, file) in candidates.items():
+        if name in errors:
+            out.append(Measured(name, packed_score=file.packed_score, error=errors[name]))
+        else:
+            out.append(Measured(name, statistics.median(times[name]), scores[name],
+                                file.packed_score))
+    return out
 
 
 async def select(
@@ -348,11 +380,9 @@ async def select(
             stored_drop if stored_drop is not None else default_max_drop)
     else:
         limit = max_drop if max_drop is not None else default_max_drop
-        measured = []
-        for name, path in runnable.items():
-            log.info("measuring precision", extra={"model": model, "precision": name})
-            measured.append(await measure(kind, name, path, by_precision[path.file], config,
-                                          names, golden))
+        log.info("measuring precisions", extra={"model": model, "precisions": list(runnable)})
+        measured = await measure(kind, {n: (p, by_precision[p.file]) for n, p in runnable.items()},
+                                 config, names, golden)
         await asyncio.to_thread(store.put, key, model, measured, limit)
     precision, why = choose({m.precision: m for m in measured}, limit)
     choice = PrecisionChoice(precision, why, pinned, limit, tuple(measured), reused)

@@ -1,5 +1,5 @@
 """The variant gate's rule, its store and the sidecar's variants list (pure parts; the real
-measurement on real models is in tests/integration/test_precision.py)."""
+measurement on real models is in tests/integration/test_precision_variants.py)."""
 
 from __future__ import annotations
 

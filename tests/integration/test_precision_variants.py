@@ -177,8 +177,8 @@ async def test_a_file_share_variant_is_measured_chosen_by_the_rule_cached_and_co
     blobs = settings.state_dir / "models" / "blobs" / "sha256"
     assert (blobs / sidecar["variants"][1]["sha256"]).is_file()
     assert (settings.state_dir / "precision.json").is_file()
-    measuring = [r for r in caplog.records if r.getMessage() == "measuring precision"]
-    assert len(measuring) == 2
+    measuring = [r for r in caplog.records if r.getMessage() == "measuring precisions"]
+    assert len(measuring) == 1
 
     # A restart serves the cached version, and reuses the measurements: nothing re-measured.
     await client.close()
@@ -190,7 +190,7 @@ async def test_a_file_share_variant_is_measured_chosen_by_the_rule_cached_and_co
     assert again["precision_choice"]["variants"] == choice["variants"]
     assert again["precision"] == choice["serving"]
     assert again["precision_choice"]["max_drop"] == 0.05  # the limit it was chosen under
-    assert not [r for r in caplog.records if r.getMessage() == "measuring precision"]
+    assert not [r for r in caplog.records if r.getMessage() == "measuring precisions"]
 
     # Another version (another digest) is measured anew; its int8 loses two classes, so fp32
     # serves it however fast its int8 ran; the old version's variant leaves the cache with it.
@@ -210,7 +210,7 @@ async def test_a_file_share_variant_is_measured_chosen_by_the_rule_cached_and_co
     assert "int8 scored" in choice["reason"]
     assert "max_drop 0.05" in choice["reason"]
     assert int8["packed_score"] == broken["variants"][1]["score"]  # its claim, not believed
-    assert len([r for r in caplog.records if r.getMessage() == "measuring precision"]) == 2
+    assert len([r for r in caplog.records if r.getMessage() == "measuring precisions"]) == 1
     assert (blobs / broken["variants"][1]["sha256"]).is_file()
     assert not (blobs / sidecar["variants"][1]["sha256"]).exists()  # keep_versions: 1
 
@@ -292,3 +292,29 @@ async def test_an_air_gapped_import_carries_the_variant_and_the_node_starts_on_i
     assert (choice["max_drop"], choice["measured"]) == (0.01, "now")
     assert set(choice["variants"]) == {"fp32", "int8"}
     assert_follows_the_rule(choice, 0.01)
+
+
+async def test_a_variant_that_cannot_load_is_reported_and_never_chosen(tmp_path):
+    """A variant file that is no model (its sha256 right: the publisher's mistake, not the
+    network's) is measured as failed, named in the reason, and fp32 serves."""
+    from agent.precision import ChoiceStore, VariantFile, select
+    from inference.golden import GoldenSpec
+    from inference.session import SessionConfig
+
+    garbage = tmp_path / "model.int8.onnx"
+    garbage.write_bytes(b"not an onnx model")
+    golden = GoldenSpec(golden_folder(tmp_path / "g", frames=["000", "001", "002"]), "map50",
+                        scoring={"conf": 0.001, "iou": 0.7})
+    selected = await select(
+        model="defects", kind="yolov8",
+        files=[VariantFile("fp32", DEFECTS.model_path, DEFECTS.sha256),
+               VariantFile("int8", garbage, sha256(garbage))],
+        golden=golden, pinned="auto", max_drop=1.0, default_max_drop=0.01,
+        config=SessionConfig(providers=("cpu",), intra_op_threads=1), provider="cpu",
+        names=None, store=ChoiceStore(tmp_path / "state"))
+    choice = selected.choice
+    assert (choice.precision, selected.file.path) == ("fp32", DEFECTS.model_path)
+    failed = {m.precision: m for m in choice.measured}["int8"]
+    assert "onnxruntime cannot load" in failed.error
+    assert "int8 onnxruntime cannot load" in choice.reason
+    assert {m.precision: m for m in choice.measured}["fp32"].score > 0.5
