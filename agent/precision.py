@@ -6,7 +6,8 @@ an int8 QDQ model made by ``edge-agent model pack --int8``). Each way of running
 it runs and the session factory that runs it. At load, for a version with a golden set, the
 node measures every path it can run (a few warm runs, the median) and scores each on the golden
 set; it serves the fastest whose score is within ``max_drop`` of the fp32 path's, else fp32
-(:func:`choose`). A model's ``precision`` setting pins one instead.
+(:func:`choose`). A model's ``precision`` setting pins one instead: the speed comparison is
+skipped, not the accuracy check (:func:`check_pinned`); with no golden set the pin is taken.
 
 Measuring costs a few seconds, so the measurements are kept in ``<state_dir>/precision.json``
 keyed by everything they depend on (the version's and its variants' digests, the golden set,
@@ -134,6 +135,24 @@ def choose(measured: Mapping[str, Measured], max_drop: float) -> tuple[str, str]
         why = (f"{best.precision}: {best.median_ms:.2f} ms vs fp32 {fp32.median_ms:.2f} ms, "
                f"score {best.score:.4f} vs {fp32.score:.4f} (max_drop {max_drop})")
     return best.precision, why + ("; refused: " + "; ".join(refused) if refused else "")
+
+
+def check_pinned(measured: Mapping[str, Measured], pinned: str,
+                 max_drop: float) -> tuple[str, str]:
+    """A pin skips the speed comparison, not the accuracy check: the pinned precision serves
+    when its golden-set score is at most ``max_drop`` under fp32's, else fp32."""
+    fp32, mine = measured.get(FP32), measured.get(pinned)
+    if fp32 is None or fp32.error or fp32.score is None:
+        return FP32, f"pinned {pinned}, but fp32 has no score to check it against: fp32 serves"
+    if mine is None or mine.error or mine.score is None:
+        what = mine.error if mine is not None and mine.error else "not measured"
+        return FP32, f"pinned {pinned}, but it failed: {what}: fp32 serves"
+    drop = fp32.score - mine.score
+    if drop > max_drop + 1e-9:
+        return FP32, (f"pinned {pinned}, but it scored {mine.score:.4f}, {drop:.4f} under fp32 "
+                      f"(max_drop {max_drop}): fp32 serves")
+    return pinned, (f"{pinned}: pinned by the model's precision setting, score {mine.score:.4f} "
+                    f"vs fp32 {fp32.score:.4f} (max_drop {max_drop})")
 
 
 @dataclass(frozen=True)
@@ -351,19 +370,21 @@ async def select(
     def fallback(reason: str, **extra: Any) -> Selected:
         return Selected(fp32.file, fp32.path, PrecisionChoice(FP32, reason, pinned, **extra))
 
-    if pinned and pinned != AUTO:
-        path = paths.get(pinned)
+    pin = pinned if pinned and pinned != AUTO else ""
+    if pin:
+        path = paths.get(pin)
+        why = ""
         if path is None or path.file not in by_precision:
-            why = f"pinned {pinned}, but this version has no {pinned} variant: fp32 serves"
+            why = f"pinned {pin}, but this version has no {pin} variant: fp32 serves"
+        elif not path.available(config):
+            why = f"pinned {pin}, but this node cannot run it: fp32 serves"
+        if why:
             log.warning("pinned precision unavailable", extra={"model": model, "reason": why})
             return fallback(why)
-        if not path.available(config):
-            why = f"pinned {pinned}, but this node cannot run it: fp32 serves"
-            log.warning("pinned precision unavailable", extra={"model": model, "reason": why})
-            return fallback(why)
-        return Selected(by_precision[path.file], path,
-                        PrecisionChoice(pinned, f"{pinned}: pinned by the model's precision "
-                                        f"setting", pinned))
+        if pin == FP32 or golden is None:  # nothing to verify, or nothing to verify it with
+            return Selected(by_precision[paths[pin].file], paths[pin], PrecisionChoice(
+                pin, f"{pin}: pinned by the model's precision setting"
+                + ("" if pin == FP32 else "; no golden set to verify it against"), pinned))
     runnable = {n: p for n, p in paths.items() if p.file in by_precision and p.available(config)}
     if set(runnable) == {FP32}:
         return fallback("fp32: the version has no other precision this node can run")
@@ -384,7 +405,10 @@ async def select(
         measured = await measure(kind, {n: (p, by_precision[p.file]) for n, p in runnable.items()},
                                  config, names, golden)
         await asyncio.to_thread(store.put, key, model, measured, limit)
-    precision, why = choose({m.precision: m for m in measured}, limit)
+    by_name = {m.precision: m for m in measured}
+    precision, why = check_pinned(by_name, pin, limit) if pin else choose(by_name, limit)
+    if pin and precision != pin:
+        log.warning("pinned precision refused", extra={"model": model, "reason": why})
     choice = PrecisionChoice(precision, why, pinned, limit, tuple(measured), reused)
     log.info("precision chosen", extra={"model": model, "precision": precision, "reason": why,
                                         "measured": "cached" if reused else "now"})

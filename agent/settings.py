@@ -82,7 +82,8 @@ class ModelSettings:
     batching: BatchingSettings | None = None  # None: the top-level batching settings
     # Which of a version's precisions serves (agent/precision.py): "auto" measures its
     # variants on this node and serves the fastest within max_drop of fp32 on the golden set;
-    # a precision pins it (fp32 when the version has no such variant, with a logged reason).
+    # a precision pins it, still only within max_drop when there is a golden set (fp32 when
+    # the version has no such variant or it scores too low, with a logged reason).
     precision: str = "auto"
 
     def validate(self, where: str) -> None:

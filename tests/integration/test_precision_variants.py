@@ -216,7 +216,7 @@ async def test_a_file_share_variant_is_measured_chosen_by_the_rule_cached_and_co
 
 
 async def test_a_pinned_precision_is_served_and_one_the_version_lacks_falls_back(
-    packed, lifecycle, client_factory
+    packed, lifecycle, client_factory, tmp_path
 ):
     manifest, make = lifecycle
     # The bundled defects has no int8 variant: fp32 serves, and /v1/models says why.
@@ -234,8 +234,8 @@ async def test_a_pinned_precision_is_served_and_one_the_version_lacks_falls_back
     assert defects["precision"] == "int8"
     choice = defects["precision_choice"]
     assert (choice["setting"], choice["serving"]) == ("int8", "int8")
-    assert "pinned" in choice["reason"]
-    assert "variants" not in choice
+    assert choice["reason"].startswith("int8: pinned"), choice
+    assert choice["variants"]["fp32"]["score"] - choice["variants"]["int8"]["score"] <= 0.05
     frame = (DEFECTS.golden_path / "001.jpg").read_bytes()
     resp = await client.post("/v1/models/defects/detect", data=frame,
                              headers={"Content-Type": "image/jpeg"})
@@ -243,6 +243,15 @@ async def test_a_pinned_precision_is_served_and_one_the_version_lacks_falls_back
     body = await resp.json()
     assert body["version"] == "1.1.0", body
     assert body["detections"], body
+    # A pinned variant that loses accuracy beyond max_drop does not serve either.
+    broken_copy(packed, tmp_path / "v120", "1.2.0")
+    write_manifest(manifest, (tmp_path / "v120" / "model.json").as_uri(), model="defects",
+                   min_score=0.0, max_drop=0.05)
+    report = await sync(client)
+    assert report.startswith("swapped to 1.2.0"), report
+    defects = (await models(client))["defects"]
+    assert defects["precision"] == "fp32"
+    assert "pinned int8, but it scored" in defects["precision_choice"]["reason"]
 
 
 async def test_an_oci_artifact_carries_the_variant_as_a_layer(

@@ -13,6 +13,7 @@ from agent.precision import (
     Measured,
     PrecisionPath,
     VariantFile,
+    check_pinned,
     choose,
     precision_choices,
     precision_paths,
@@ -59,6 +60,18 @@ def test_among_several_qualified_paths_the_fastest_wins_and_failed_ones_are_out(
 def test_no_fp32_score_means_fp32():
     assert choose({"fp32": Measured("fp32", error="boom"), "int8": m("int8", 1, 1.0)},
                   1.0)[0] == "fp32"
+
+
+def test_a_pin_skips_the_speed_comparison_but_not_the_accuracy_check():
+    slow_int8 = {"fp32": m("fp32", 10, 0.86), "int8": m("int8", 30, 0.855)}
+    assert check_pinned(slow_int8, "int8", 0.01)[0] == "int8"
+    worse = {"fp32": m("fp32", 50, 0.86), "int8": m("int8", 10, 0.80)}
+    precision, why = check_pinned(worse, "int8", 0.01)
+    assert precision == "fp32"
+    assert "pinned int8, but it scored 0.8000, 0.0600 under fp32" in why
+    failed = {"fp32": m("fp32", 50, 0.86), "int8": Measured("int8", error="no kernel")}
+    assert check_pinned(failed, "int8", 1.0) == ("fp32", "pinned int8, but it failed: no "
+                                                           "kernel: fp32 serves")
 
 
 def test_the_sidecar_variants_list_is_read_and_checked():
@@ -127,9 +140,11 @@ async def test_a_pin_the_version_cannot_honour_falls_back_to_fp32_with_the_reaso
     assert missing.file is fp32
     assert missing.choice.precision == "fp32"
     assert "pinned int8, but this version has no int8 variant" in missing.choice.reason
+    # No golden set to verify it with: the pin is taken as the operator's word.
     pinned = await _select(tmp_path, [fp32, int8], "int8")
     assert (pinned.file, pinned.choice.precision) == (int8, "int8")
     assert pinned.choice.describe()["setting"] == "int8"
+    assert "no golden set to verify it against" in pinned.choice.reason
     # auto with a variant but no golden set: fp32, nothing measured.
     unchecked = await _select(tmp_path, [fp32, int8], "auto")
     assert unchecked.choice.precision == "fp32"
