@@ -14,6 +14,8 @@ letterbox colour, another scaling) quantises what the node never sees.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,16 +71,32 @@ def _npz_inputs(model: TensorModel, path: Path) -> dict[str, np.ndarray]:
                             f"{[s.name for s in model.inputs]}: {exc}") from exc
 
 
+@contextlib.contextmanager
+def _inside(folder: Path) -> Iterator[None]:
+    """Run with ``folder`` as the working directory (the packing commands only, one-shot
+    processes: never in the daemon, where the working directory is everyone's)."""
+    before = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def _pre_process(run: Any, model: Path, dest: Path) -> None:
     """Shape inference and graph clean-up before quantization. A dynamic batch axis leaves
     symbolic shape inference "incomplete" unless it may merge symbols; where even that fails,
-    ONNX's own shape inference does."""
-    try:
-        run(str(model), str(dest), auto_merge=True)
-    except ImportError:
-        raise
-    except Exception:
-        run(str(model), str(dest), skip_symbolic_shape=True)
+    ONNX's own shape inference does. A failed symbolic pass saves its partial model (with the
+    weights as external data) into the working directory: it runs inside ``dest``'s temp
+    folder, so nothing is left beside the user's files."""
+    model, dest = model.resolve(), dest.resolve()
+    with _inside(dest.parent):
+        try:
+            run(str(model), str(dest), auto_merge=True)
+        except ImportError:
+            raise
+        except Exception:
+            run(str(model), str(dest), skip_symbolic_shape=True)
 
 
 # Layers with weights: quantising them is the gain. What follows the last of them is cheap.
