@@ -290,7 +290,11 @@ def build_runner(kind: str, path: PrecisionPath, file: VariantFile, config: Sess
     if file.sha256 and digest != file.sha256:
         raise ModelLoadError(f"{file.path} has sha256 {digest}, expected {file.sha256}: "
                              f"the {file.precision} file is corrupt")
-    return servable_from_session(kind, path.session(file.path, config, digest), names)
+    loaded = path.session(file.path, config, digest)
+    # The thread layout rebuilds sessions with other threads: through this path's factory.
+    loaded.factory = None if path.session is create_session else path.session
+    loaded.path = loaded.path or file.path
+    return servable_from_session(kind, loaded, names)
 
 
 def _error(exc: Exception) -> str:

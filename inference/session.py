@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,9 @@ class LoadedSession:
     intra_op_threads: int
     metadata: dict[str, str] = field(default_factory=dict)
     path: Path | None = None  # the file it was built from (to build it again, other threads)
+    # What built it, to build it again (another runtime behind the same session interface);
+    # None: create_session.
+    factory: Callable[[Path, SessionConfig, str], LoadedSession] | None = None
 
 
 def file_digest(path: Path) -> str:
@@ -133,10 +137,14 @@ def first_provider(config: SessionConfig) -> str:
 
 
 def rebuild_session(loaded: LoadedSession, config: SessionConfig) -> LoadedSession:
-    """The same model file again, built with ``config`` (e.g. other threads)."""
+    """The same model file again, built with ``config`` (e.g. other threads), by the factory
+    that built it."""
     if loaded.path is None:
         raise ModelLoadError("the session was not built from a file: it cannot be rebuilt")
-    return create_session(loaded.path, config, loaded.digest)
+    factory = loaded.factory or create_session
+    again = factory(loaded.path, config, loaded.digest)
+    again.factory = loaded.factory
+    return again
 
 
 def _preload_gpu_libraries() -> None:

@@ -168,3 +168,32 @@ def test_the_registry_is_the_extension_point_and_settings_follow_it(tmp_path, mo
     settings = load_settings(environ={}, overrides={
         "models": [{"name": "a", "path": "/x.onnx", "precision": "bf16"}]})
     assert settings.models[0].precision == "bf16"
+
+
+def test_a_path_with_its_own_session_factory_is_rebuilt_through_it(tmp_path):
+    """The thread layout rebuilds a session with other threads (inference.session.
+    rebuild_session): a path whose sessions come from another factory (another runtime) gets
+    its rebuilt sessions from that factory too, not from ONNX Runtime's default."""
+    from agent.precision import build_runner
+    from inference.session import create_session, file_digest, rebuild_session
+
+    tiny = Path(__file__).resolve().parents[2] / "fixtures" / "models" / \
+        "yolov8t-3cls-dynbatch-320x416.onnx"
+    calls: list[int] = []
+
+    def factory(path: Path, config: SessionConfig, digest: str):
+        calls.append(config.intra_op_threads)
+        return create_session(path, config, digest)
+
+    runner = build_runner("yolov8", PrecisionPath("fp32", factory),
+                          VariantFile("fp32", tiny, file_digest(tiny)),
+                          SessionConfig(providers=("cpu",), intra_op_threads=1), None)
+    again = rebuild_session(runner.loaded, SessionConfig(providers=("cpu",), intra_op_threads=2))
+    assert calls == [1, 2]
+    assert again.intra_op_threads == 2
+    assert again.factory is factory
+    # The default path keeps create_session's own rebuild.
+    plain = build_runner("yolov8", PrecisionPath("fp32"), VariantFile("fp32", tiny, ""),
+                         SessionConfig(providers=("cpu",), intra_op_threads=1), None)
+    assert plain.loaded.factory is None
+    assert plain.loaded.path == tiny
