@@ -21,9 +21,11 @@ import pytest
 from lifecycle_helpers import (
     AUTH,
     DEFECTS,
+    FUSION,
     cache_import,
     defects_onnx,
     first_sync_done,
+    fusion_model,
     golden_folder,
     models,
     summary,
@@ -38,14 +40,15 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def pack_int8(onnx_file: Path, golden: Path, out: Path, version: str) -> dict:
+def pack_int8(onnx_file: Path, golden: Path, out: Path, version: str, name: str = "defects",
+              inputs: int = 12) -> dict:
     done = subprocess.run(
         [sys.executable, "-m", "agent", "model", "pack", str(onnx_file), str(golden), "--out",
-         str(out), "--name", "defects", "--version", version, "--int8"],
+         str(out), "--name", name, "--version", version, "--int8"],
         capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert "quantizing" in done.stderr, done.stderr
-    assert "calibrated on 12 inputs" in done.stderr, done.stderr
+    assert f"calibrated on {inputs} inputs" in done.stderr, done.stderr
     return json.loads((out / "model.json").read_text())
 
 
@@ -327,3 +330,31 @@ async def test_a_variant_that_cannot_load_is_reported_and_never_chosen(tmp_path)
     assert "onnxruntime cannot load" in failed.error
     assert "int8 onnxruntime cannot load" in choice.reason
     assert {m.precision: m for m in choice.measured}["fp32"].score > 0.5
+
+
+async def test_a_tensor_model_whose_int8_loses_accuracy_serves_fp32(
+    lifecycle, client_factory, tmp_path
+):
+    """The bundled fusion model's feature vector spans ranges one uint8 scale cannot hold:
+    really quantised (its 300 golden rows as calibration), it loses a third of its accuracy.
+    Packed, published and synced, the node measures that and serves fp32."""
+    onnx.save(fusion_model("1.0.1"), str(tmp_path / "f.onnx"))
+    sidecar = pack_int8(tmp_path / "f.onnx", FUSION.golden_path, tmp_path / "v101", "1.0.1",
+                        name="fusion", inputs=300)
+    fp32, int8 = sidecar["variants"]
+    assert (fp32["file"], int8["file"], int8["calibration_inputs"]) == (
+        "model.onnx", "model.int8.onnx", 300)
+    assert fp32["score"] - int8["score"] > 0.1, sidecar["variants"]  # as packed
+    manifest, make = lifecycle
+    client = await client_factory(make())
+    await first_sync_done(client)
+    write_manifest(manifest, (tmp_path / "v101" / "model.json").as_uri(), min_score=0.9,
+                   max_drop=0.02)
+    report = await sync(client)
+    assert report.startswith("swapped to 1.0.1"), report
+    fusion = (await models(client))["fusion"]
+    choice = fusion["precision_choice"]
+    assert fusion["precision"] == choice["serving"] == "fp32"
+    assert choice["variants"]["int8"]["score"] == pytest.approx(int8["score"], abs=1e-6)
+    assert "int8 scored" in choice["reason"], choice
+    assert fusion["validation"]["score"] == pytest.approx(fp32["score"], abs=1e-6)
