@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ def _npz_inputs(model: TensorModel, path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
             return {s.name: data[s.name].astype(NUMPY_DTYPES[s.datatype]) for s in model.inputs}
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise QuantizeError(f"calibration file {path}: needs the model's inputs "
                             f"{[s.name for s in model.inputs]}: {exc}") from exc
 
