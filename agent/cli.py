@@ -96,6 +96,13 @@ def add_model_commands(sub: Any) -> None:
         command.add_argument("--providers", help="execution providers in order, e.g. cuda,cpu "
                              "(default: the daemon's settings)")
     pack.add_argument("--out", type=Path, required=True, help="the version directory to write")
+    pack.add_argument("--int8", action="store_true",
+                      help="also write model.int8.onnx: static int8 (QDQ) quantization "
+                      "calibrated on the golden inputs as the daemon prepares them, scored on "
+                      "the golden set (needs the pack extra: onnx, sympy)")
+    pack.add_argument("--calibration", type=Path, default=None,
+                      help="with --int8: a folder of extra calibration inputs (detectors: "
+                      "*.jpg|png frames; tensor models: .npz files of the input arrays)")
     pack.add_argument("--name", default="", help="model name (default: the ONNX file's stem)")
     pack.add_argument("--version", dest="model_version", default="",
                       help="version (default: the first 12 hex digits of the sha256)")
@@ -128,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.model_command == "score":
             return score_command(args.onnx, args.golden, args.kind, providers)
         return pack_command(args.onnx, args.golden, args.out, args.name, args.model_version,
-                            args.kind, providers)
+                            args.kind, providers, args.int8, args.calibration)
     if args.command == "cache":
         from agent.models.cache_import import main_import
 

@@ -13,14 +13,16 @@ from typing import Any
 
 from agent.batcher import Batcher, Instance
 from agent.kinds import kind_adapters
+from agent.precision import ChoiceStore, PrecisionChoice, VariantFile, build_runner, select
 from agent.records import VersionRecord
 from agent.settings import ModelSettings, Settings
 from agent.thread_layout import ADAPTIVE, AdaptiveLayout, choose_layout, inference_executor
 from inference import ModelLoadError, SessionConfig, file_digest
 from inference.bundled import BUNDLE_ROOT, read_bundle
 from inference.golden import GoldenSpec, golden_spec
-from inference.kinds import AUTO, Servable, model_kinds, sniff_kind
+from inference.kinds import AUTO, Servable, sniff_kind
 from inference.session import first_provider
+from inference.variants import FP32, VariantEntry, sidecar_variants
 from inference.yolo import Thresholds
 
 
@@ -36,12 +38,22 @@ class VersionSpec:
     labels: tuple[str, ...] = ()  # the sidecar's; empty: the ONNX metadata's
     thresholds: dict[str, float] = field(default_factory=dict)  # the sidecar's conf/iou/max_det
     golden: GoldenSpec | None = None  # the golden set it carries (its sidecar's ``golden``)
+    variants: tuple[VariantFile, ...] = ()  # its lower-precision files on this node
+    max_drop: float | None = None  # the fleet manifest's, for choosing a variant; None: unset
 
 
 def spec_from_sidecar(path: Path, sidecar: dict[str, Any], source: str,
-                      sha256: str = "", golden_path: Path | None = None) -> VersionSpec:
+                      sha256: str = "", golden_path: Path | None = None,
+                      variant_path: Callable[[VariantEntry], Path | None] | None = None,
+                      ) -> VersionSpec:
     """The version a sidecar (``model.json``) describes, its file at ``path``; its golden set
-    at ``golden_path`` (None: the version is taken without it)."""
+    at ``golden_path`` (None: the version is taken without it); each of its variants where
+    ``variant_path`` says (None there, or no ``variant_path``: taken without it)."""
+    variants = []
+    for entry in sidecar_variants(sidecar, f"{source}: sidecar") if variant_path else []:
+        at = variant_path(entry) if variant_path else None
+        if at is not None:
+            variants.append(VariantFile(entry.precision, at, entry.sha256, entry.score))
     raw = sidecar.get("thresholds")
     thresholds = {k: float(v) for k, v in raw.items()
                   if k in ("conf", "iou", "max_det")} if isinstance(raw, dict) else {}
@@ -56,6 +68,7 @@ def spec_from_sidecar(path: Path, sidecar: dict[str, Any], source: str,
         thresholds=thresholds,
         golden=golden_spec(sidecar["golden"], golden_path, f"{source}: sidecar")
         if golden_path is not None and "golden" in sidecar else None,
+        variants=tuple(variants),
     )
 
 
@@ -64,7 +77,8 @@ def spec_from_settings(cfg: ModelSettings) -> VersionSpec:
     if cfg.bundled:
         bundle = read_bundle(BUNDLE_ROOT / cfg.bundled)
         spec = spec_from_sidecar(bundle.model_path, bundle.sidecar, "bundled",
-                                 golden_path=bundle.golden_path)
+                                 golden_path=bundle.golden_path,
+                                 variant_path=lambda v: bundle.folder / v.file)
         return dataclasses.replace(spec, version=cfg.version) if cfg.version else spec
     return VersionSpec(path=cfg.path, source="file", sha256=cfg.sha256, version=cfg.version,
                        kind=cfg.kind)
@@ -83,6 +97,7 @@ class LoadedVersion:
     runner: Servable  # instance 0: the version's metadata
     runners: list[Servable]
     batcher: Batcher[Any, Any]
+    precision: PrecisionChoice | None = None  # which of the version's precisions serves, why
 
     @property
     def instances(self) -> int:
@@ -111,6 +126,7 @@ class LoadedVersion:
             defaults=defaults,
             rollout=rollout,
             golden=spec.golden or model_golden(cfg),
+            precision=self.precision,
         )
 
 
@@ -145,14 +161,27 @@ async def load_version(
     kind = spec.kind if spec.kind != AUTO else cfg.kind
     if kind == AUTO:
         kind = await asyncio.to_thread(sniff_kind, path)
-    loader = model_kinds()[kind]
     names = dict(enumerate(cfg.names or spec.labels)) or None
     config = session_config(settings)
     nice = settings.runtime.worker_nice
     cores = config.threads()
-    layout = choose_layout(settings.runtime.thread_layout, first_provider(config), cores)
+    provider = first_provider(config)
+    layout = choose_layout(settings.runtime.thread_layout, provider, cores)
     if layout is not None:  # one session, as many inference threads as the layout has
         config = dataclasses.replace(config, intra_op_threads=layout.intra_op_threads)
+    # Which precision serves (agent.precision): fp32 unless a faster variant scores within
+    # max_drop of it on the golden set, or the settings pin one.
+    selected = await select(
+        model=cfg.name, kind=kind, files=[VariantFile(FP32, path, digest), *spec.variants],
+        golden=spec.golden or model_golden(cfg), pinned=cfg.precision, max_drop=spec.max_drop,
+        default_max_drop=settings.runtime.precision_max_drop, config=config,
+        provider=provider, names=names, store=ChoiceStore(settings.state_dir),
+    )
+
+    def loader(i: int) -> Servable:  # the chosen file's digest is checked once
+        return build_runner(kind, selected.path, selected.file, config, names,
+                            check=i == 0 and selected.file.precision != FP32)
+
     # One thread per instance runs its session for good, and creates it: ONNX Runtime's pool
     # threads are started by the creating thread and inherit its (lowered) priority.
     executors = [inference_executor(cfg.name, i, nice)
@@ -160,8 +189,7 @@ async def load_version(
     loop = asyncio.get_running_loop()
     try:
         runners: list[Servable] = [
-            await loop.run_in_executor(ex, loader, path, config, names, digest)
-            for ex in executors
+            await loop.run_in_executor(ex, loader, i) for i, ex in enumerate(executors)
         ]
         fixed = runners[0].max_batch
         max_batch = min(batching.max_batch, fixed) if fixed else batching.max_batch
@@ -201,4 +229,4 @@ async def load_version(
         adaptive.attach(batcher)
     else:
         batcher.threads["intra_op_threads"] = runners[0].loaded.intra_op_threads
-    return LoadedVersion(digest, kind, runners[0], runners, batcher)
+    return LoadedVersion(digest, kind, runners[0], runners, batcher, selected.choice)

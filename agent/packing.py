@@ -4,6 +4,9 @@
 ``pack`` builds a version directory from an ONNX file and a golden set — ``model.onnx``, the
 golden archive and ``model.json`` (sha256, labels, the golden set's sha256, metric and the score
 measured here) — ready for ``oras push host/repo:tag model.onnx model.json golden.tar``.
+``pack --int8`` adds ``model.int8.onnx``, a statically quantised QDQ variant calibrated on the
+golden inputs made exactly as the daemon makes them, scored on the same set; the sidecar's
+``variants`` lists both files with their sha256 and score (push the variant file too).
 
 Both score through the daemon's own code: the session built from the daemon's settings, the
 kind adapter's scoring loop, the runner's pre- and post-processing (what a swap gates a
@@ -19,7 +22,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from agent.kinds import direct_scoring, kind_adapters
 from agent.loading import session_config
@@ -29,12 +32,16 @@ from inference.files import atomic_copy, atomic_write
 from inference.golden import METRICS, SCORING_DEFAULTS, GoldenSpec, load_detection_golden
 from inference.golden_pack import write_detection_archive, write_tensor_archive
 from inference.kinds import AUTO, Servable, model_kinds, sniff_kind
+from inference.quantize import detector_inputs, quantize_int8, tensor_inputs
 from inference.session import file_digest
+from inference.tensor import TensorModel
+from inference.variants import FP32
 from inference.yolo import YoloV8Detector
 
 SIDECAR = "model.json"
 MODEL_FILE = "model.onnx"
 GOLDEN_FILES = {"yolov8": "golden.tar", "tensor": "golden.npz"}
+INT8_FILE = "model.int8.onnx"
 
 
 class PackError(EdgeError):
@@ -103,22 +110,33 @@ def score_command(model: Path, golden: Path, kind: str, providers: list[str] | N
 
 
 def pack_command(model: Path, golden: Path, out: Path, name: str, version: str, kind: str,
-                 providers: list[str] | None) -> int:
+                 providers: list[str] | None, int8: bool = False,
+                 calibration: Path | None = None) -> int:
     def run() -> dict[str, Any]:
+        if calibration is not None and not int8:
+            raise PackError("--calibration is for --int8")
+        if calibration is not None and not calibration.is_dir():
+            raise PackError(f"calibration folder {calibration} not found")
         loaded = load_model(model, kind, providers)
         check_golden_kind(loaded.kind, golden)
-        sidecar = pack(loaded, model, golden, out, name or model.stem, version)
-        return {"out": str(out), "name": sidecar["name"], "version": sidecar["version"],
-                "sha256": sidecar["sha256"], "metric": sidecar["golden"]["metric"],
-                "score": sidecar["golden"]["score"]}
+        sidecar = pack(loaded, model, golden, out, name or model.stem, version,
+                       int8=int8, calibration=calibration, providers=providers)
+        result = {"out": str(out), "name": sidecar["name"], "version": sidecar["version"],
+                  "sha256": sidecar["sha256"], "metric": sidecar["golden"]["metric"],
+                  "score": sidecar["golden"]["score"]}
+        if "variants" in sidecar:
+            result["variants"] = {v["precision"]: v["score"] for v in sidecar["variants"]}
+        return result
 
     return _main(run)
 
 
 def pack(loaded: Loaded, model: Path, golden: Path, out: Path, name: str,
-         version: str) -> dict[str, Any]:
-    """Write the version directory ``out``: golden archive, model, then the sidecar (last,
-    so a directory with a ``model.json`` is complete). Returns the sidecar."""
+         version: str, int8: bool = False, calibration: Path | None = None,
+         providers: list[str] | None = None) -> dict[str, Any]:
+    """Write the version directory ``out``: golden archive, model (and its int8 variant),
+    then the sidecar (last, so a directory with a ``model.json`` is complete). Returns the
+    sidecar."""
     archive = out / GOLDEN_FILES[loaded.kind]
     if loaded.kind == "yolov8":
         frames = load_detection_golden(golden)
@@ -152,8 +170,32 @@ def pack(loaded: Loaded, model: Path, golden: Path, out: Path, name: str,
         "scoring": scoring,
         **({"frames": items} if items else {}),
     }
+    if int8:
+        variant = make_int8(loaded, model, archive, out / INT8_FILE, spec, calibration,
+                            providers)
+        sidecar["variants"] = [
+            {"precision": FP32, "file": MODEL_FILE, "sha256": loaded.digest, "score": value},
+            variant,
+        ]
     atomic_write(out / SIDECAR, (json.dumps(sidecar, indent=2) + "\n").encode())
     return sidecar
+
+
+def make_int8(loaded: Loaded, model: Path, golden: Path, dest: Path, spec: GoldenSpec,
+              calibration: Path | None, providers: list[str] | None) -> dict[str, Any]:
+    """Quantise ``model`` to ``dest`` calibrated on the golden inputs (and ``calibration``'s),
+    score it on ``spec``; returns its ``variants`` entry."""
+    print(f"quantizing {model.name} to int8 (static, QDQ)", file=sys.stderr, flush=True)
+    if isinstance(loaded.runner, YoloV8Detector):
+        inputs = detector_inputs(loaded.runner, golden, calibration)
+    else:
+        inputs = tensor_inputs(cast(TensorModel, loaded.runner), golden, calibration)
+    count = quantize_int8(model, dest, inputs)
+    print(f"calibrated on {count} inputs: {dest.name}", file=sys.stderr, flush=True)
+    variant = load_model(dest, loaded.kind, providers)
+    value = score(variant, spec, f"{spec.path.name} (int8)")
+    return {"precision": "int8", "file": dest.name, "sha256": variant.digest,
+            "size_bytes": dest.stat().st_size, "score": value, "calibration_inputs": count}
 
 
 def _main(run: Any) -> int:

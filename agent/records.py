@@ -16,6 +16,7 @@ from typing import Any
 
 from agent.batcher import Batcher
 from agent.kinds import KindAdapter, Signature
+from agent.precision import PrecisionChoice
 from agent.settings import ModelSettings
 from inference.golden import GoldenSpec
 from inference.kinds import Servable
@@ -51,6 +52,11 @@ class VersionRecord:
     score: float | None = None  # golden-set score measured on this node, on ``golden``
     scored_at: float | None = None  # time.monotonic() of that measurement
     gate: str = ""  # how the swap that brought it in judged it ("passed: ...", "unchecked: ...")
+    precision: PrecisionChoice | None = None  # which of its precisions serves, and why
+
+    @property
+    def precision_name(self) -> str:
+        return self.precision.precision if self.precision is not None else "fp32"
 
     def signature(self) -> Signature:
         return self.kind.signature(self.runner)
@@ -62,7 +68,10 @@ class VersionRecord:
             "digest": f"sha256:{self.digest}",
             "provider": self.provider,
             "source": self.source,
+            "precision": self.precision_name,
         }
+        if self.precision is not None:
+            out["precision_choice"] = self.precision.describe()
         if self.rollout:
             out["rollout"] = self.rollout
         if self.golden is not None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.config_file import SettingsError
+from agent.precision import precision_choices
 from agent.thread_layout import THREAD_LAYOUTS
 from inference.bundled import BUNDLED_NAMES
 from inference.kinds import AUTO, model_kinds
@@ -82,6 +83,11 @@ class ModelSettings:
     # Overrides every version's class names (the sidecar's, else the ONNX metadata's).
     names: list[str] = field(default_factory=list)
     batching: BatchingSettings | None = None  # None: the top-level batching settings
+    # Which of a version's precisions serves (agent/precision.py): "auto" measures its
+    # variants on this node and serves the fastest within max_drop of fp32 on the golden set;
+    # a precision pins it, still only within max_drop when there is a golden set (fp32 when
+    # the version has no such variant or it scores too low, with a logged reason).
+    precision: str = "auto"
 
     def validate(self, where: str) -> None:
         _check(
@@ -116,6 +122,9 @@ class ModelSettings:
         )
         if self.batching is not None:
             self.batching.validate(f"{where}.batching")
+        choices = precision_choices()
+        _check(self.precision in choices, f"{where}.precision",
+               f"must be one of {', '.join(choices)}")
 
     @property
     def source(self) -> str:
@@ -149,6 +158,9 @@ class RuntimeSettings:
     device_id: int = 0
     trt_fp16: bool = True
     trt_int8: str = "auto"
+    # A lower-precision variant serves only if its golden-set score is at most this far under
+    # fp32's on this node; a fleet manifest's max_drop for the model overrides it.
+    precision_max_drop: float = 0.01
 
     def validate(self, where: str) -> None:
         known = {"tensorrt", "cuda", "openvino", "cpu"}
@@ -167,6 +179,8 @@ class RuntimeSettings:
         _check(
             self.trt_int8 in ("auto", "on", "off"), f"{where}.trt_int8", "must be auto, on or off"
         )
+        _check(0 <= self.precision_max_drop <= 1, f"{where}.precision_max_drop",
+               "must be in [0, 1]")
 
 
 @dataclass

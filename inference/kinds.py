@@ -67,6 +67,18 @@ def model_kinds() -> dict[str, Loader]:
     return {"yolov8": _load_yolov8, "tensor": _load_tensor}
 
 
+def servable_from_session(
+    kind: str, loaded: LoadedSession, names: dict[int, str] | None
+) -> Servable:
+    """A runner of ``kind`` on a session already built (by any session factory: ONNX Runtime
+    on another file, another runtime behind the same session interface)."""
+    if kind == "yolov8":
+        return YoloV8Detector(loaded, names)
+    if kind == "tensor":
+        return TensorModel(loaded)
+    raise ModelLoadError(f"unknown model kind {kind!r}")
+
+
 AUTO = "auto"
 
 

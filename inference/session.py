@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -71,6 +72,9 @@ class LoadedSession:
     metadata: dict[str, str] = field(default_factory=dict)
     path: Path | None = None  # the file it was built from (to build it again, other threads)
     precision: str = "fp32"  # what it computes in ("bf16": OpenVINO's bf16 path)
+    # What built it, to build it again (another runtime behind the same session interface);
+    # None: create_session.
+    factory: Callable[[Path, SessionConfig, str], LoadedSession] | None = None
 
 
 def file_digest(path: Path) -> str:
@@ -185,10 +189,15 @@ def first_provider(config: SessionConfig) -> str:
 
 
 def rebuild_session(loaded: LoadedSession, config: SessionConfig) -> LoadedSession:
-    """The same model file again, built with ``config`` (e.g. other threads); an OpenVINO
-    session again on OpenVINO, at its precision."""
+    """The same model file again, built with ``config`` (e.g. other threads), by what built
+    it: its factory, else OpenVINO at its precision for an OpenVINO session, else
+    :func:`create_session`."""
     if loaded.path is None:
         raise ModelLoadError("the session was not built from a file: it cannot be rebuilt")
+    if loaded.factory is not None:
+        again = loaded.factory(loaded.path, config, loaded.digest)
+        again.factory = loaded.factory
+        return again
     if loaded.provider == "openvino":
         from inference.openvino_engine import create_openvino_session
 

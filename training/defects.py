@@ -25,7 +25,7 @@ from training.conveyor import CLASSES, encode_jpeg, frame
 
 # Seeds: distinct sequences for training, validation (best-epoch choice) and the golden set.
 TRAIN_SEED, VAL_SEED, GOLDEN_SEED = 1, 2, 3
-BUNDLE = Path(__file__).resolve().parent.parent / "bundled" / "defects"
+BUNDLE = Path(__file__).resolve().parent.parent / "inference" / "bundled" / "defects"
 
 # The training configuration, recorded in the sidecar as it was used.
 CONFIG: dict[str, Any] = {
@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--onnx", type=Path, required=True)
     p.add_argument("--out", type=Path, default=BUNDLE)
     p.add_argument("--train-seconds", type=float, default=0.0)
+    p = sub.add_parser("int8", help="add a static int8 (QDQ) variant of the packaged model, "
+                       "calibrated and scored on its golden set (the pack extra)")
+    p.add_argument("--out", type=Path, default=BUNDLE)
     args = parser.parse_args(argv)
 
     if args.step == "dataset":
@@ -115,6 +118,10 @@ def main(argv: list[str] | None = None) -> None:
         started = time.monotonic()
         onnx_path = train(args.data / "data.yaml", args.runs)
         print(json.dumps({"onnx": str(onnx_path), "seconds": time.monotonic() - started}))
+    elif args.step == "int8":
+        from training.packaging import add_int8_variant
+
+        add_int8_variant(args.out)
     else:
         from training.packaging import package_defects
 

@@ -87,3 +87,35 @@ def package_defects(
     atomic_write(out / "model.json", (json.dumps(sidecar, indent=2) + "\n").encode())
     print(json.dumps(sidecar["golden"], indent=2))
     return sidecar
+
+
+def add_int8_variant(out: Path) -> dict[str, Any]:
+    """Quantise the bundled detector in ``out`` to ``model.int8.onnx`` (static int8, QDQ,
+    calibrated on its golden frames as the daemon serves them), score it like the fp32 file and
+    list both in the sidecar's ``variants``. Needs the ``pack`` extra (onnx, sympy)."""
+    from inference.quantize import detector_inputs, quantize_int8
+
+    sidecar = json.loads((out / "model.json").read_text())
+    golden = out / str(sidecar["golden"]["file"])
+    model_file, int8_file = out / str(sidecar["file"]), out / "model.int8.onnx"
+    count = quantize_int8(model_file, int8_file, detector_inputs(YoloV8Detector.load(model_file),
+                                                                 golden))
+    detector = YoloV8Detector.load(int8_file)
+
+    def detect(data: bytes) -> list[ScoredBox]:
+        return [
+            ScoredBox(d.class_id, d.score, d.box)
+            for d in detector.detect(data, SCORE_THRESHOLDS)
+        ]
+
+    score = score_detections(load_detection_golden(golden), detect)
+    data = int8_file.read_bytes()
+    sidecar["variants"] = [
+        {"precision": "fp32", "file": sidecar["file"], "sha256": sidecar["sha256"],
+         "score": sidecar["golden"]["score"]},
+        {"precision": "int8", "file": int8_file.name, "sha256": hashlib.sha256(data).hexdigest(),
+         "size_bytes": len(data), "score": round(score.map, 4), "calibration_inputs": count},
+    ]
+    atomic_write(out / "model.json", (json.dumps(sidecar, indent=2) + "\n").encode())
+    print(json.dumps(sidecar["variants"], indent=2))
+    return sidecar

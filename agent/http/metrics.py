@@ -57,6 +57,7 @@ def _model_snapshot(service: ModelService, name: str,
         shadow=None if shadow is None else ShadowSnapshot(
             shadow.record.version, shadow.agreement, shadow.samples),
         rollbacks=service.rollbacks.get(name, 0),
+        precision=record.precision_name,
     )
 
 

@@ -77,6 +77,7 @@ class ModelSnapshot:
     relayouts: int = 0
     shadow: ShadowSnapshot | None = None
     rollbacks: int = 0  # since start
+    precision: str = ""  # the precision that serves ("fp32", "int8", ...)
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,8 @@ def summary_families(recorder: Recorder, snap: Snapshot, exact: bool = False) ->
         "edge_requests_rejected", "Refusals.", labels=["model", "reason"]
     )
     info = GaugeMetricFamily(
-        "edge_model_info", "Served.", labels=["model", "version", "digest", "provider"]
+        "edge_model_info", "Served.",
+        labels=["model", "version", "digest", "provider", "precision"],
     )
     score = GaugeMetricFamily(
         "edge_model_validation_score", "Golden score.", labels=["model", "version"]
@@ -201,7 +203,7 @@ def summary_families(recorder: Recorder, snap: Snapshot, exact: bool = False) ->
         for reason, n in by_reason:
             rejected.add_metric([m.name, reason], n)
         if m.version:
-            info.add_metric([m.name, version, digest_label(m.digest), m.provider], 1)
+            info.add_metric([m.name, version, digest_label(m.digest), m.provider, m.precision], 1)
         if m.validation_score is not None:
             score.add_metric([m.name, version], _short(m.validation_score))
         if m.rollout:

@@ -33,6 +33,7 @@ from agent.models.statelock import Sharing, sharing
 from inference.errors import EdgeError
 from inference.files import atomic_write, fsync_dir
 from inference.session import file_digest
+from inference.variants import sidecar_variants
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,16 @@ class CachedVersion:
             return ""
         return parse_digest(str(golden["sha256"]))
 
+    @property
+    def variants(self) -> set[str]:
+        """Digests (hex) of its lower-precision files (an unreadable list: none)."""
+        try:
+            return {v.sha256 for v in sidecar_variants(self.sidecar)}
+        except EdgeError:
+            return set()
+
     def blobs(self) -> set[str]:
-        return {self.model, self.golden} - {""}
+        return {self.model, self.golden, *self.variants} - {""}
 
 
 class ModelCache:

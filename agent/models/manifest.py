@@ -56,6 +56,13 @@ class ModelPlan:
     max_drop: float = 1.0
     require_golden: bool = False
     bake: BakePolicy = field(default_factory=BakePolicy)
+    max_drop_set: bool = False  # the manifest sets max_drop (else the default above)
+
+    @property
+    def variant_max_drop(self) -> float | None:
+        """``max_drop`` as the manifest set it (None: unset), for choosing a lower precision,
+        whose limit otherwise is the node's ``runtime.precision_max_drop``."""
+        return self.max_drop if self.max_drop_set else None
 
     def choose(self, node_name: str) -> tuple[Target, str]:
         """The target this node runs, and its cohort: ``"canary"`` or ``"stable"``."""
@@ -96,7 +103,7 @@ def _plan(name: str, entry: Any) -> ModelPlan:
     if not isinstance(require_golden, bool):
         raise ManifestError(f"{where}.require_golden: must be true or false")
     return ModelPlan(name, stable, canary, min_score, max_drop, require_golden,
-                     _bake(entry, where, min_score))
+                     _bake(entry, where, min_score), max_drop_set="max_drop" in entry)
 
 
 def _bake(entry: dict[str, Any], where: str, min_score: float) -> BakePolicy:

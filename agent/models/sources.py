@@ -29,6 +29,7 @@ from tenacity import (
 
 from agent.models.cache import CacheError, ModelCache, parse_digest
 from inference.errors import EdgeError
+from inference.variants import VariantEntry, sidecar_variants
 
 log = logging.getLogger(__name__)
 CHUNK = 256 * 1024
@@ -63,6 +64,8 @@ class Resolved:
     sidecar: dict[str, Any]
     model_url: str
     golden_url: str | None = None
+    # Its lower-precision files (sidecar ``variants``) and where each is.
+    variants: tuple[tuple[VariantEntry, str], ...] = ()
 
     @property
     def golden_digest(self) -> str:
@@ -215,24 +218,36 @@ class Fetcher:
         source = self._source(ref)
         model_url = source.file_url(ref, str(sidecar["file"]),
                                     parse_digest(str(sidecar["sha256"])))
+        try:
+            variants = tuple((v, source.file_url(ref, v.file, v.sha256))
+                             for v in sidecar_variants(sidecar, ref))
+        except EdgeError as exc:
+            raise SourceError(exc.message, exc.detail) from exc
         golden = sidecar.get("golden")
         if golden is None:
-            return Resolved(ref, sidecar, model_url)
+            return Resolved(ref, sidecar, model_url, variants=variants)
         if isinstance(golden, dict) and "sha256" not in golden:
             # (a bundled model's sidecar: its set ships in the package, not beside it)
             log.warning("the sidecar's golden set has no sha256: taken without it",
                         extra={"source": ref})
-            return Resolved(ref, {k: v for k, v in sidecar.items() if k != "golden"}, model_url)
+            return Resolved(ref, {k: v for k, v in sidecar.items() if k != "golden"}, model_url,
+                            variants=variants)
         try:
             file, digest = str(golden["file"]), parse_digest(str(golden["sha256"]))
         except (KeyError, TypeError, EdgeError) as exc:
             raise SourceError(f"{ref}: the sidecar's golden set needs file and sha256 "
                               f"(a sha256 digest): {exc}") from exc
-        return Resolved(ref, sidecar, model_url, source.file_url(ref, file, digest))
+        return Resolved(ref, sidecar, model_url, source.file_url(ref, file, digest), variants)
 
     async def fetch(self, resolved: Resolved) -> Path:
         """The version's ONNX file in the cache (downloaded and verified if not there yet),
-        and its golden set beside it in the cache when it has one."""
+        and its golden set and lower-precision variants beside it in the cache."""
+        for entry, url in resolved.variants:
+            try:
+                await self._fetch_blob(url, entry.sha256)
+            except CacheError as exc:
+                raise SourceError(f"{resolved.source}: {entry.precision} variant {entry.file}: "
+                                  f"{exc.message}", exc.detail) from exc
         if resolved.golden_url is not None:
             try:
                 await self._fetch_blob(resolved.golden_url, resolved.golden_digest)
@@ -241,6 +256,10 @@ class Fetcher:
                                   f"{resolved.sidecar['golden']['file']}: {exc.message}",
                                   exc.detail) from exc
         return await self._fetch_blob(resolved.model_url, resolved.digest)
+
+    def variant_path(self, entry: VariantEntry) -> Path | None:
+        """Where :meth:`fetch` put a variant (None: not in the cache)."""
+        return self._cache.path(entry.sha256) if self._cache.has(entry.sha256) else None
 
     def golden_path(self, resolved: Resolved) -> Path | None:
         """Where :meth:`fetch` put the version's golden set (None: it carries none)."""

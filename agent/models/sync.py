@@ -129,8 +129,10 @@ class Syncer:
         path = await self._fetcher.fetch(resolved)
         spec = dataclasses.replace(
             spec_from_sidecar(path, resolved.sidecar, target.source, sha256=digest,
-                              golden_path=self._fetcher.golden_path(resolved)),
+                              golden_path=self._fetcher.golden_path(resolved),
+                              variant_path=self._fetcher.variant_path),
             version=resolved.version,
+            max_drop=plan.variant_max_drop,
         )
         gate = Gate(plan.min_score, plan.max_drop, plan.require_golden)
         await self.baker.finish(plan.name)  # a bake in progress ends: its previous version goes

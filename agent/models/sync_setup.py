@@ -33,8 +33,10 @@ def use_last_known_good(service: ModelService, cache: ModelCache) -> None:
             continue
         golden = cache.path(good.golden) if good.golden and cache.has(good.golden) else None
         try:
-            spec = spec_from_sidecar(cache.path(good.model), good.sidecar, good.source,
-                                     good.model, golden_path=golden)
+            spec = spec_from_sidecar(
+                cache.path(good.model), good.sidecar, good.source, good.model,
+                golden_path=golden,
+                variant_path=lambda v: cache.path(v.sha256) if cache.has(v.sha256) else None)
         except EdgeError as exc:  # a sidecar state.json kept that no longer reads: settings'
             log.error("cached last-known-good version unusable",
                       extra={"model": name, "version": good.version, "error": exc.message})

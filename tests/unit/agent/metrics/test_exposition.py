@@ -53,7 +53,7 @@ def busy_recorder() -> tuple[Recorder, Snapshot]:
         models=[
             ModelSnapshot("defects", "1.0.0", DIGEST, "tensorrt", 3, 0.8586,
                           failed_batches=2, expired=5, overload_episodes=1, relayouts=3),
-            ModelSnapshot("fusion", "1.0.0", DIGEST, "tensorrt", 0, 0.97),
+            ModelSnapshot("fusion", "1.0.0", DIGEST, "tensorrt", 0, 0.97, precision="int8"),
         ],
         accelerators=[Reading("0", "NVIDIA H100 80GB HBM3", 0.41, 2.1e9, 8.5e10, 63.0)],
     )
@@ -95,7 +95,8 @@ def test_summary_says_what_was_measured():
     reasons = {dict(lbl)["reason"]: v for (name, lbl), v in got.items()
                if name == "edge_requests_rejected_total"}
     assert reasons == {"queue_full": 1}  # the others only in /metrics
-    info = {"model": "fusion", "version": "1.0.0", "digest": DIGEST[:19], "provider": "tensorrt"}
+    info = {"model": "fusion", "version": "1.0.0", "digest": DIGEST[:19], "provider": "tensorrt",
+            "precision": "int8"}
     assert got[("edge_model_info", frozenset(info.items()))] == 1
     assert got[("edge_model_validation_score",
                 frozenset({"model": "defects", "version": "1.0.0"}.items()))] == 0.8586
