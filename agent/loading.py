@@ -140,6 +140,7 @@ def session_config(settings: Settings) -> SessionConfig:
         device_id=runtime.device_id,
         trt_fp16=runtime.trt_fp16,
         trt_int8=runtime.trt_int8,
+        openvino=runtime.openvino,
     )
 
 

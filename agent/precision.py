@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.metadata
 import json
 import logging
 import statistics
@@ -31,11 +32,18 @@ from typing import Any
 import onnxruntime as ort
 
 from agent.kinds import direct_scoring, kind_adapters
+from inference.cpu import usable_cores
 from inference.errors import EdgeError, ModelLoadError
 from inference.files import atomic_write
 from inference.golden import GoldenSpec
 from inference.kinds import Servable, servable_from_session
-from inference.session import LoadedSession, SessionConfig, create_session, file_digest
+from inference.session import (
+    LoadedSession,
+    SessionConfig,
+    create_session,
+    file_digest,
+    first_provider,
+)
 from inference.variants import FP32
 
 log = logging.getLogger(__name__)
@@ -69,12 +77,40 @@ def precision_paths() -> dict[str, PrecisionPath]:
     """``precision`` (as in settings, ``/v1/models`` and metrics) -> how it runs.
 
     "fp32" must stay: it is the reference every other path is scored against, and what serves
-    when no other one qualifies. A path running the fp32 file on another runtime (OpenVINO at
-    bf16, say) is one more entry with ``file=FP32`` and its own ``session`` and ``available``."""
+    when no other one qualifies. A path running the fp32 file on another runtime is one more
+    entry with ``file=FP32`` and its own ``session`` and ``available``: OpenVINO at fp32 and at
+    bf16, on CPU nodes that enable it (``runtime.openvino``) and have it installed."""
     return {
         FP32: PrecisionPath(FP32),  # ONNX Runtime, on the provider chain of the settings
         "int8": PrecisionPath("int8"),  # ONNX Runtime on the QDQ file (CPU: VNNI; TensorRT: int8)
+        "fp32-openvino": PrecisionPath(FP32, _openvino_session("fp32"),
+                                       _openvino_available("fp32")),
+        "bf16": PrecisionPath(FP32, _openvino_session("bf16"), _openvino_available("bf16")),
     }
+
+
+def _openvino_session(precision: str) -> SessionFactory:
+    def session(path: Path, config: SessionConfig, digest: str) -> LoadedSession:
+        from inference.openvino_engine import create_openvino_session
+
+        # As many streams as runs the thread layout makes at once: one run on every core
+        # ("wide"), or one single-threaded run per core ("narrow"); a stream runs one at a time.
+        threads = config.threads()
+        return create_openvino_session(path, precision, threads, digest,
+                                       streams=max(1, usable_cores() // threads))
+
+    return session
+
+
+def _openvino_available(precision: str) -> Callable[[SessionConfig], bool]:
+    def available(config: SessionConfig) -> bool:
+        if not config.openvino or first_provider(config) != "cpu":
+            return False
+        from inference.openvino_engine import available_precisions
+
+        return precision in available_precisions()  # bf16 only on a CPU that computes it
+
+    return available
 
 
 def precision_choices() -> list[str]:
@@ -268,12 +304,20 @@ def store_key(files: list[VariantFile], golden: GoldenSpec, config: SessionConfi
         "golden": golden.sha256 or str(golden.path),
         "scoring": dict(golden.scoring or {}),
         "onnxruntime": ort.__version__,
+        "openvino": _installed_version("openvino") if config.openvino else "",
         **cpu_identity(),
         "provider": provider,
         "threads": config.threads(),
         "paths": sorted(paths),
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+
+def _installed_version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
 
 
 def build_runner(kind: str, path: PrecisionPath, file: VariantFile, config: SessionConfig,

@@ -161,6 +161,10 @@ class RuntimeSettings:
     # A lower-precision variant serves only if its golden-set score is at most this far under
     # fp32's on this node; a fleet manifest's max_drop for the model overrides it.
     precision_max_drop: float = 0.01
+    # On a CPU node with the OpenVINO runtime installed (the "openvino" extra), the precision
+    # gate also measures the version on OpenVINO at fp32 and, where the CPU computes it, bf16,
+    # and serves one only where it is faster and scores within max_drop (agent/precision.py).
+    openvino: bool = False
 
     def validate(self, where: str) -> None:
         known = {"tensorrt", "cuda", "openvino", "cpu"}

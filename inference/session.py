@@ -41,6 +41,9 @@ class SessionConfig:
     device_id: int = 0
     trt_fp16: bool = True
     trt_int8: str = "auto"  # auto: on for QDQ-quantised models
+    # The OpenVINO runtime's paths (fp32, bf16) may be measured by the precision gate on a CPU
+    # node (agent.precision): off unless the settings enable them.
+    openvino: bool = False
 
     def threads(self) -> int:
         return self.intra_op_threads if self.intra_op_threads > 0 else usable_cores()

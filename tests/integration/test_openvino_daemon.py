@@ -49,3 +49,101 @@ async def test_bundled_models_served_on_openvino(tmp_path):
     assert abs(score.map - DEFECTS.golden_score) < 1e-3, (score.map, DEFECTS.golden_score)
     # The README's fusion example: a worn bearing (class 3).
     assert int(np.argmax(outputs["state_probs"])) == 3
+
+
+def follows_the_rule(choice: dict, max_drop: float) -> None:
+    """What serves is the fastest measured path within ``max_drop`` of fp32's score (the node's
+    own measurements: no timing is asserted here)."""
+    variants = choice["variants"]
+    fp32 = variants["fp32"]["score"]
+    qualified = {p: v for p, v in variants.items()
+                 if "error" not in v and fp32 - v["score"] <= max_drop + 1e-9}
+    fastest = min(qualified, key=lambda p: (qualified[p]["median_ms"], p != "fp32", p))
+    assert choice["serving"] == fastest, choice
+
+
+async def detect_ok(client) -> dict:
+    frame = (DEFECTS.golden_path / "001.jpg").read_bytes()
+    resp = await client.post("/v1/models/defects/detect", data=frame,
+                             headers={"Content-Type": "image/jpeg"})
+    assert resp.status == 200, await resp.text()
+    return await resp.json()
+
+
+async def test_openvino_paths_join_the_precision_gate_where_enabled(
+    settings_factory, client_factory
+):
+    """``runtime.openvino``: the bundled detector (it has a golden set, no variant file) is
+    measured on ONNX Runtime at fp32, OpenVINO at fp32 and, where this CPU computes bf16,
+    OpenVINO at bf16; the fastest within max_drop serves, and says so."""
+    require(openvino_available(), "the OpenVINO runtime (pip install '.[openvino]')")
+    from inference.openvino_engine import cpu_has_bf16
+
+    settings = settings_factory(models=[{"name": "defects", "bundled": "defects"}],
+                                **{"runtime.openvino": True})
+    client = await client_factory(settings)
+    defects = {m["name"]: m for m in (await (await client.get("/v1/models")).json())["models"]}[
+        "defects"]
+    choice = defects["precision_choice"]
+    print(f"precision choice: {choice}")
+    expected = {"fp32", "fp32-openvino"} | ({"bf16"} if cpu_has_bf16() else set())
+    assert set(choice["variants"]) == expected
+    for name, v in choice["variants"].items():
+        assert "error" not in v, (name, v)
+        assert v["median_ms"] > 0
+    # OpenVINO at fp32 scores what ONNX Runtime does, to rounding.
+    assert abs(choice["variants"]["fp32-openvino"]["score"]
+               - choice["variants"]["fp32"]["score"]) < 1e-3, choice
+    follows_the_rule(choice, 0.01)
+    assert defects["precision"] == choice["serving"]
+    assert defects["provider"] == ("openvino" if choice["serving"] != "fp32" else "cpu")
+    text = await (await client.get("/metrics/summary")).text()
+    assert f'precision="{choice["serving"]}"' in text
+    assert (await detect_ok(client))["detections"]
+
+
+async def test_a_cpu_without_bf16_never_measures_or_serves_it_even_pinned(
+    settings_factory, client_factory, monkeypatch
+):
+    """This machine's CPU may well have bf16: the probe is patched to a CPU without it (the
+    real probe is unit-tested against OpenVINO and /proc/cpuinfo)."""
+    require(openvino_available(), "the OpenVINO runtime (pip install '.[openvino]')")
+    import inference.openvino_engine as engine
+
+    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: False)
+    auto = await client_factory(settings_factory(
+        models=[{"name": "defects", "bundled": "defects"}], **{"runtime.openvino": True}))
+    models = (await (await auto.get("/v1/models")).json())["models"]
+    choice = models[0]["precision_choice"]
+    assert set(choice["variants"]) == {"fp32", "fp32-openvino"}
+    assert choice["serving"] != "bf16"
+    pinned = await client_factory(settings_factory(
+        models=[{"name": "defects", "bundled": "defects", "precision": "bf16"}],
+        **{"runtime.openvino": True}))
+    defects = (await (await pinned.get("/v1/models")).json())["models"][0]
+    assert defects["precision"] == "fp32"
+    assert "pinned bf16, but this node cannot run it" in defects["precision_choice"]["reason"]
+    assert (await detect_ok(pinned))["detections"]
+
+
+async def test_a_pinned_bf16_serves_where_the_cpu_has_it_within_max_drop(
+    settings_factory, client_factory
+):
+    require(openvino_available(), "the OpenVINO runtime (pip install '.[openvino]')")
+    from inference.openvino_engine import cpu_has_bf16
+
+    client = await client_factory(settings_factory(
+        models=[{"name": "defects", "bundled": "defects", "precision": "bf16"}],
+        **{"runtime.openvino": True}))
+    defects = (await (await client.get("/v1/models")).json())["models"][0]
+    choice = defects["precision_choice"]
+    if not cpu_has_bf16():  # the CI machine's CPU decides which half of the rule is checked
+        assert defects["precision"] == "fp32"
+        assert "cannot run it" in choice["reason"]
+        return
+    assert {"fp32", "bf16"} <= set(choice["variants"])
+    drop = choice["variants"]["fp32"]["score"] - choice["variants"]["bf16"]["score"]
+    assert drop <= 0.01, choice
+    assert defects["precision"] == "bf16"
+    assert choice["reason"].startswith("bf16: pinned"), choice
+    assert (await detect_ok(client))["version"] == defects["version"]

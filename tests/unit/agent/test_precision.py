@@ -197,3 +197,25 @@ def test_a_path_with_its_own_session_factory_is_rebuilt_through_it(tmp_path):
                          SessionConfig(providers=("cpu",), intra_op_threads=1), None)
     assert plain.loaded.factory is None
     assert plain.loaded.path == tiny
+
+
+def test_the_openvino_paths_are_offered_only_where_enabled_on_a_cpu_node(monkeypatch):
+    import inference.openvino_engine as engine
+
+    monkeypatch.setattr(engine, "openvino_available", lambda: True)
+    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: True)
+    paths = precision_paths()
+    on_cpu = SessionConfig(providers=("cpu",), openvino=True)
+    assert paths["fp32-openvino"].available(on_cpu)
+    assert paths["bf16"].available(on_cpu)
+    assert paths["bf16"].file == paths["fp32-openvino"].file == "fp32"  # the fp32 file, run
+    assert not paths["bf16"].available(SessionConfig(providers=("cpu",)))  # not enabled
+    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: False)
+    assert not paths["bf16"].available(on_cpu)  # a CPU without bf16
+    assert paths["fp32-openvino"].available(on_cpu)
+    # No GPU here: a node whose chain starts at CUDA is what first_provider would say there.
+    monkeypatch.setattr("agent.precision.first_provider", lambda config: "cuda")
+    assert not paths["fp32-openvino"].available(on_cpu)  # a GPU node: ORT's GPU path serves
+    monkeypatch.undo()
+    monkeypatch.setattr(engine, "openvino_available", lambda: False)
+    assert not paths["fp32-openvino"].available(on_cpu)  # not installed
