@@ -20,6 +20,7 @@ import difflib
 import fcntl
 import hashlib
 import json
+import os
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -197,7 +198,8 @@ def kubernetes_api() -> Any:
         config.load_incluster_config()
     except config.ConfigException:
         try:
-            config.load_kube_config()
+            # $KUBECONFIG read now (the client reads it once, when it is imported)
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
         except (config.ConfigException, OSError) as exc:
             raise StoreError(f"no Kubernetes credentials (in-cluster or kubeconfig): {exc}") \
                 from exc
