@@ -35,6 +35,7 @@ NAMES = [f"press-{i:02d}" for i in range(20)]
 INSIDE = [n for n in NAMES if in_canary(n, "fusion", 50)][:2]
 OUTSIDE = [n for n in NAMES if not in_canary(n, "fusion", 50)][:2]
 NODES = INSIDE + OUTSIDE
+RULES = Path(__file__).resolve().parents[2] / "k3s" / "prometheus" / "rules.yml"
 ROLLOUT = {"steps": [50, 100], "bake_s": 6, "min_nodes": 2, "max_error_ratio": 2,
            "max_p99_ratio": 20}
 
@@ -74,8 +75,10 @@ def prometheus(tmp_path: Path, agents: dict[str, Daemon]) -> Iterator[str]:
     targets = [{"targets": [f"127.0.0.1:{d.port}"], "labels": {"node": node}}
                for node, d in agents.items()]
     config = tmp_path / "prometheus.yml"
+    shutil.copy(RULES, tmp_path / "rules.yml")  # the fleet's own rules, evaluated every second
     config.write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": ["rules.yml"],
         "scrape_configs": [{"job_name": "edge-agent", "metrics_path": "/metrics/summary",
                             "static_configs": targets}]}))
     port = free_port()
@@ -171,14 +174,25 @@ def test_a_good_version_is_stepped_and_promoted_and_a_broken_one_rolled_back(
         doc = yaml.safe_load(manifest.read_text())
         doc["models"]["fusion"]["canary"] = {"source": v2, "percent": 50}
         write(manifest, doc)
-        lines = drive(prometheus, manifest,
-                      lambda d: d.get("status", {}).get("fusion", {}).get("phase") == "stable")
-        print("\n".join(lines))
+        cohorts: set[tuple[str, str, float]] = set()
+
+        def promoted(doc: dict) -> bool:
+            # The recording rules see the same cohorts (from edge_model_canary) on the way.
+            for s in query(prometheus, 'model_rollout_version:edge_model_info:count'
+                                       '{model="fusion"}'):
+                cohorts.add((s["metric"]["rollout"], s["metric"]["version"],
+                             float(s["value"][1])))
+            return doc.get("status", {}).get("fusion", {}).get("phase") == "stable"
+
+        lines = drive(prometheus, manifest, promoted)
         actions = [line.split(":")[1].strip() for line in lines]
         assert actions[0] == "step -> 50%", lines
         assert "step -> 100%" in actions, lines
         assert actions[-1] == "promote", lines
         assert "rollback" not in actions, lines
+        assert ("canary", "1.0.1", 2.0) in cohorts, cohorts  # the 50% step
+        assert ("stable", "1.0.0", 2.0) in cohorts, cohorts
+        assert ("canary", "1.0.1", 4.0) in cohorts, cohorts  # the 100% step
         final = yaml.safe_load(manifest.read_text())
         assert final["models"]["fusion"]["stable"] == {"source": v2}
         assert "canary" not in final["models"]["fusion"]
@@ -204,7 +218,6 @@ def test_a_good_version_is_stepped_and_promoted_and_a_broken_one_rolled_back(
         write(manifest, doc)
         lines = drive(prometheus, manifest,
                       lambda d: d["status"]["fusion"]["phase"] == "rolled_back")
-        print("\n".join(lines))
         assert lines[-1].startswith("fusion: rollback: "), lines
         for node in INSIDE:
             assert f"{node} is in the 50% cohort but serves 1.0.1" in lines[-1], lines[-1]
@@ -230,6 +243,9 @@ def test_a_good_version_is_stepped_and_promoted_and_a_broken_one_rolled_back(
         report = json.loads(status.stdout)["fusion"]
         assert report["versions"] == {"1.0.1": sorted(NODES)}
         assert report["status"]["phase"] == "rolled_back"
+        nodes = query(prometheus, 'model_rollout_version:edge_model_info:count{model="fusion"}')
+        assert [(s["metric"]["rollout"], s["metric"]["version"], s["value"][1])
+                for s in nodes] == [("stable", "1.0.1", "4")]
     finally:
         cameras.stop.set()
         cameras.join(30)
