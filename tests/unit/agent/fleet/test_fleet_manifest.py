@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 import yaml
@@ -156,3 +157,17 @@ def test_store_locations():
         open_store("s3://bucket/fleet.yaml")
     with pytest.raises(StoreError, match="cannot read"):
         open_store("/nonexistent/fleet.yaml").read()
+
+
+def test_the_readme_rollout_example_is_what_the_controller_and_a_node_read():
+    readme = (Path(__file__).parents[4] / "README.md").read_text()
+    section = readme.split("\n## Rolling out a model to the fleet\n", 1)[1]
+    text = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    m = FleetManifest(text)
+    defects = m.entries["defects"]
+    assert defects.policy.steps == (5.0, 25.0, 100.0)
+    assert defects.policy.min_nodes == 3
+    assert defects.gates.min_agreement == 0.9
+    assert m.status["defects"].phase == "canary"
+    assert m.status["defects"].since == 1_796_119_200.0  # 2026-12-01T10:00:00Z
+    assert parse_manifest(text)["defects"].canary is not None
