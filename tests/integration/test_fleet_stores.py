@@ -1,9 +1,13 @@
-"""The ConfigMap manifest store, through the official Kubernetes client, against a SMALL FAKE
-Kubernetes API at the HTTP level (no API server can run here): GET and PATCH of one
-ConfigMap, bearer-token auth, and the API server's optimistic concurrency (a patch whose
-``metadata.resourceVersion`` is not the current one is answered 409 Conflict). The fake is
-written from the API's documented behaviour; what it checks is what the client sends.
-The command line's dry run and a real write go through a real (empty) Prometheus."""
+"""Where the fleet controller writes, and its command line.
+
+The ConfigMap store goes through the official Kubernetes client to a SMALL FAKE Kubernetes API
+at the HTTP level (no API server can run here): GET and PATCH of one ConfigMap, bearer-token
+auth, and the API server's optimistic concurrency (a patch whose ``metadata.resourceVersion``
+is not the current one is answered 409 Conflict). The fake is written from the API's
+documented behaviour; what the tests check is what the client sends. The URL store goes to a
+small manifest share that takes conditional PUTs. The command line (dry run, a write, `run`,
+bad input) goes through a real, empty Prometheus.
+"""
 
 from __future__ import annotations
 
@@ -212,3 +216,109 @@ def test_fleet_step_dry_run_prints_the_patch_and_a_step_sends_it(kube, empty_pro
     assert again.returncode == 0, again.stderr
     assert "hold: baking at 5%" in again.stdout
     assert [r[0] for r in kube.requests] == ["GET", "GET", "PATCH", "GET"]
+
+
+class _ManifestServer(BaseHTTPRequestHandler):
+    """A manifest share that takes conditional PUTs (as WebDAV or an object store does)."""
+
+    body = MANIFEST.encode()
+    etag = '"1"'
+    puts: list[str] = []
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("ETag", type(self).etag)
+        self.send_header("Content-Length", str(len(type(self).body)))
+        self.end_headers()
+        self.wfile.write(type(self).body)
+
+    def do_PUT(self) -> None:
+        data = self.rfile.read(int(self.headers["Content-Length"]))
+        cls = type(self)
+        cls.puts.append(self.headers.get("If-Match", ""))
+        if self.headers.get("If-Match") != cls.etag:
+            self.send_response(412)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        cls.body, cls.etag = data, f'"{int(cls.etag.strip(chr(34))) + 1}"'
+        self.send_response(204)
+        self.end_headers()
+
+
+def test_the_url_store_puts_with_if_match_and_loses_a_race_cleanly():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ManifestServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        store = open_store(f"http://127.0.0.1:{server.server_address[1]}/fleet.yaml")
+        read = store.read()
+        assert (read.text, read.version) == (MANIFEST, '"1"')
+        store.write(MANIFEST + "# next\n", read.version)
+        assert _ManifestServer.body == (MANIFEST + "# next\n").encode()
+        with pytest.raises(ConflictError, match="changed since it was read"):
+            store.write(MANIFEST + "# stale\n", read.version)
+        assert _ManifestServer.puts == ['"1"', '"1"']
+        assert _ManifestServer.body.endswith(b"# next\n")
+        assert "If-Match: \"2\"" in store.preview("x\n", store.read())
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_command_line_says_what_is_wrong(tmp_path, empty_prometheus):
+    manifest = tmp_path / "fleet.yaml"
+    manifest.write_text(MANIFEST)
+
+    def fleet(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "agent", "fleet", *args],
+                              capture_output=True, text=True, timeout=120)
+
+    port = free_port()  # nothing listens there
+    done = fleet("step", "--prometheus", f"http://127.0.0.1:{port}", "--manifest", str(manifest))
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"edge-agent: Prometheus at http://127.0.0.1:{port} did not "
+                                  "answer"), done.stderr
+    assert manifest.read_text() == MANIFEST
+    manifest.write_text(MANIFEST.replace("steps: [5, 100]", "steps: [5, 50]"))
+    done = fleet("step", "--prometheus", empty_prometheus, "--manifest", str(manifest))
+    assert done.returncode == 1
+    assert "models.fusion.rollout.steps: must increase, above 0, and end in 100" in done.stderr
+    done = fleet("status", "--prometheus", empty_prometheus, "--manifest", str(tmp_path / "no"))
+    assert done.returncode == 1
+    assert "cannot read the fleet manifest" in done.stderr
+    manifest.write_text(MANIFEST)
+    done = fleet("step", "--prometheus", empty_prometheus, "--manifest", str(manifest),
+                 "--selector", 'job="edge-agent"}')
+    assert done.returncode == 1
+    assert "refused" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_fleet_run_steps_until_stopped(tmp_path, empty_prometheus):
+    manifest = tmp_path / "fleet.yaml"
+    manifest.write_text(MANIFEST)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "fleet", "run", "--prometheus", empty_prometheus,
+         "--manifest", str(manifest), "--interval", "0.5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 60
+        while "status" not in manifest.read_text():
+            assert time.monotonic() < end, "fleet run wrote nothing"
+            time.sleep(0.2)
+        time.sleep(1.5)  # a few more passes: holds, nothing written
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("fusion: step -> 5%"), lines
+    assert len(lines) >= 3, lines
+    assert all(line.startswith("fusion: hold: baking at 5%") for line in lines[1:]), lines
+    assert yaml.safe_load(manifest.read_text())["status"]["fusion"]["percent"] == 5
