@@ -92,7 +92,14 @@ def main() -> int:
     cmp.add_argument("--overload-s", type=float, default=10.0,
                      help="seconds at 3x the base's saturation per variant; 0: skip")
     cmp.add_argument("--workdir", type=Path, default=Path("/tmp/edge-agent-compare"))
+    from benchmarks.fleet_sim import add_parser as add_fleet_sim
+
+    add_fleet_sim(sub)
     args = ap.parse_args()
+    if args.cmd == "fleet-sim":
+        from benchmarks.fleet_sim import main as fleet_sim_main
+
+        return fleet_sim_main(args)
     if args.cmd == "compare":
         from benchmarks.compare import main as compare_main
 
