@@ -279,9 +279,10 @@ def run_sim(n_agents: int, workdir: Path, limit_s: float) -> Path:
     published = versions_to_publish(workdir / "share")
     with fleet_up(workdir, nodes) as (fleet, host, prom, manifest):
         sources = {v: push(host, folder, v) for v, folder in published.items()}
+        wait("every agent ready", 300, lambda: all(_ready(p) for p in fleet.ports.values()))
         t0 = time.monotonic()
         watcher = Watcher(fleet.ports, t0)
-        wait("every agent ready", 300, lambda: all(_ready(p) for p in fleet.ports.values()))
+        watcher.poll()
         watcher.start()
         cohort25 = [n for n in nodes if in_canary(n, MODEL, 25)]
         loaded = cohort25 + [n for n in nodes if n not in cohort25][:4]
@@ -383,16 +384,17 @@ def write_report(nodes: list[str], loaded: list[str], released: dict[str, float]
         f"cameras (2 requests/s) on {len(loaded)} nodes ({', '.join(loaded)}), "
         "`edge-agent fleet run --interval 2`. Policy: steps 5/25/100 %, rollout bake 20 s, "
         "min_nodes 1, min_score 0.9, max_drop 0.02, min_agreement 0.9 (nodes bake 120 s "
-        "with a 50 % shadow). Times are seconds since every agent was ready.",
+        "with a 50 % shadow). Times are seconds since every agent was ready; the controller's "
+        "holds are shown when their kind changes.",
         "",
         f"Cohorts by the nodes' hash: 5 %: {[n for n in nodes if in_canary(n, MODEL, 5)]}; "
         f"25 %: {[n for n in nodes if in_canary(n, MODEL, 25)]}.",
         "",
         "## Controller decisions",
         "",
-        *[f"- t={t:6.1f} s: release pipeline names {v} as the canary"
-          for v, t in released.items()],
-        *[f"- t={t:6.1f} s: `{line}`" for t, line in decisions],
+        *[f"- t={t:6.1f} s: {line}" for t, line in sorted(
+            [(t, f"(the release pipeline names {v} as the canary, at 5 %)")
+             for v, t in released.items()] + [(t, f"`{line}`") for t, line in decisions])],
         "",
         "## Versions per node (each change, as `/v1/models` showed it)",
         "",
