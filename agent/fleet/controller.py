@@ -140,8 +140,8 @@ def render_status(report: dict[str, Any]) -> str:
                 continue
             figs = ", ".join(
                 f"{k} {c[k]:.4g}" for k in ("score", "agreement", "p99", "error_rate") if k in c)
-            lines.append(f"  {label.split('_')[0]:<7} {len(c['nodes'])} node(s), "
-                         f"{c['ready']} ready" + (f": {figs}" if figs else ""))
+            lines.append(f"  {label.replace('_', ' ')}: {len(c['nodes'])}, {c['ready']} ready"
+                         + (f": {figs}" if figs else ""))
         if r["lagging"]:
             lines.append(f"  lagging {', '.join(r['lagging'])}")
         if r["down"]:
