@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--state-dir", type=Path, help="default: the settings' state_dir")
     seed.add_argument("--name", help="model name (default: the sidecar's name)")
     add_model_commands(sub)
+    from agent.fleet.controller import add_fleet_commands
+
+    add_fleet_commands(sub)
     return parser
 
 
@@ -128,6 +131,10 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "fleet":
+        from agent.fleet.controller import fleet_main
+
+        return fleet_main(args)
     if args.command == "model":
         from agent.packing import pack_command, score_command
 

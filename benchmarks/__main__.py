@@ -99,11 +99,18 @@ def main() -> int:
         "raw run, golden-set score, agreement; writes benchmarks/results/<date>-<host>-paths.md",
     )
     add_paths_arguments(paths)
+    from benchmarks.fleet_sim import add_parser as add_fleet_sim
+
+    add_fleet_sim(sub)
     args = ap.parse_args()
     if args.cmd == "paths":
         from benchmarks.paths import main as paths_main
 
         return paths_main(args)
+    if args.cmd == "fleet-sim":
+        from benchmarks.fleet_sim import main as fleet_sim_main
+
+        return fleet_sim_main(args)
     if args.cmd == "compare":
         from benchmarks.compare import main as compare_main
 

@@ -14,7 +14,14 @@ models:
     shadow: {percent: 10, max_per_s: 2, before_swap_s: 120}
       # live requests also run on the second loaded version: the candidate for up to
       # before_swap_s before its swap (refused under min_agreement), the previous one in the bake
+    rollout: {steps: [5, 25, 100], bake_s: 1800, min_nodes: 3}  # the fleet controller's
+status:            # written by the fleet controller (``edge-agent fleet``)
+  defects: {phase: canary, percent: 5, since: "2026-12-01T10:00:00Z"}
 ```
+
+The node reads ``models`` only: ``rollout`` (each model's) and the top-level ``status`` belong to
+the fleet controller (``agent.fleet``), which checks them; a node ignores both, so a manifest
+the controller writes never stops a node syncing.
 
 A node is in a model's canary cohort when
 ``int(sha256(node_name + "/" + model)[:8], 16) % 100 < percent`` (README, "Model lifecycle";
@@ -91,7 +98,7 @@ def _plan(name: str, entry: Any) -> ModelPlan:
     if not isinstance(entry, dict):
         raise ManifestError(f"{where}: expected a mapping with 'stable'")
     unknown = set(entry) - {"stable", "canary", "min_score", "max_drop", "require_golden",
-                            "bake_s", "min_agreement", "min_samples", "shadow"}
+                            "bake_s", "min_agreement", "min_samples", "shadow", "rollout"}
     if unknown:
         raise ManifestError(f"{where}: unknown keys {sorted(unknown)}")
     stable = _target(entry.get("stable"), f"{where}.stable", canary=False)

@@ -120,6 +120,12 @@ class Syncer:
             self._service.revise(running, source=target.source, rollout=cohort)
             self.baker.revise(plan.name, plan.bake)  # a bake judges by the manifest as it is
             return f"running {running.version} ({cohort})"
+        if running is not None and running.rollout == "canary":
+            # Whatever it was, the running version is not this target: until the target is
+            # swapped in (or if it is refused) the node does not run the canary, and
+            # edge_model_canary says so, or the fleet controller would count a node that
+            # refused the canary as one running it.
+            self._service.revise(running, rollout="stable")
         rejected = await asyncio.to_thread(self._cache.rejected)
         if rejected.get(plan.name) == digest:
             return (f"not retried: {resolved.version} was rolled back or refused on this node "

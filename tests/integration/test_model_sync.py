@@ -204,6 +204,25 @@ async def test_canary_cohort_follows_the_hash_rule(lifecycle, versions, client_f
     assert (fusion["version"], fusion["rollout"]) == ("1.0.0", "stable")
 
 
+async def test_a_node_that_refuses_the_next_canary_no_longer_reports_canary(
+        lifecycle, versions, client_factory):
+    """A canary node (1.0.1 at 100 %) given another canary that its gate refuses keeps
+    serving 1.0.1, which is not the canary now: edge_model_canary says 0 (the fleet
+    controller counts the cohort by it), in /v1/models too."""
+    manifest, make = lifecycle
+    write_manifest(manifest, versions["bundled"], canary=versions["1.0.1"], percent=100)
+    client = await client_factory(make())
+    await client.post("/v1/admin/sync", headers=AUTH)
+    assert (await models(client))["fusion"]["rollout"] == "canary"
+    write_manifest(manifest, versions["1.0.1"], canary=versions["broken"], percent=100)
+    report = await (await client.post("/v1/admin/sync", headers=AUTH)).json()
+    assert report["report"]["fusion"].startswith("refused"), report
+    fusion = (await models(client))["fusion"]
+    assert (fusion["version"], fusion["rollout"]) == ("1.0.1", "stable")
+    got = await summary(client)
+    assert got[("edge_model_canary", (("model", "fusion"), ("version", "1.0.1")))] == 0
+
+
 async def test_admin_needs_the_token_and_is_off_without_one(lifecycle, versions, client_factory,
                                                            settings_factory):
     manifest, make = lifecycle

@@ -14,7 +14,13 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.metrics.accelerators import Reading
-from agent.metrics.exposition import ModelSnapshot, Snapshot, render_full, render_summary
+from agent.metrics.exposition import (
+    ModelSnapshot,
+    ShadowSnapshot,
+    Snapshot,
+    render_full,
+    render_summary,
+)
 from agent.metrics.recorder import Recorder
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -85,10 +91,12 @@ def metric_names(expr: str) -> set[str]:
     text = _NUMBER.sub(" ", text)
     for match in _IDENTIFIER.finditer(text):
         word = match.group()
+        if word.lower() in KEYWORDS:  # `or (a) ...`: an operator before a parenthesis
+            continue
         if text[match.end() :].lstrip().startswith("("):
             if word not in FUNCTIONS:
                 raise UnknownFunction(f"{word!r} in {expr!r} is not a PromQL function")
-        elif word.lower() not in KEYWORDS:
+        else:
             names.add(word)
     return names
 
@@ -116,7 +124,8 @@ def _sample_names(text: bytes) -> frozenset[str]:
 
 def exported_names() -> tuple[frozenset[str], frozenset[str]]:
     """Sample names of the daemon's ``/metrics/summary`` and ``/metrics``, rendered by its own
-    code with every family present (a request, a rejection, a scored model, an accelerator)."""
+    code with every family present (a request, a rejection, a scored model on a fleet
+    manifest's canary with a shadow, an accelerator)."""
     rec = Recorder(["defects"])
     timing = {
         "total": 0.05,
@@ -130,7 +139,8 @@ def exported_names() -> tuple[frozenset[str], frozenset[str]]:
     rec.observe_queue("defects", 1)
     snap = Snapshot(
         True,
-        [ModelSnapshot("defects", "1.0.0", "sha256:" + "ab" * 32, "cpu", 0, 0.9)],
+        [ModelSnapshot("defects", "1.0.0", "sha256:" + "ab" * 32, "cpu", 0, 0.9,
+                       rollout="canary", shadow=ShadowSnapshot("0.9.0", 0.95, 30))],
         [Reading("0", "GPU", 0.5, 1.0, 2.0, 50.0)],
     )
     return _sample_names(render_summary(rec, snap)), _sample_names(render_full(rec, snap))

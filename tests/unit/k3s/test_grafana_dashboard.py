@@ -35,7 +35,22 @@ REQUIRED_METRICS = {
     "edge_ready",  # nodes not ready
     "edge_model_info",  # model versions in the fleet
     "edge_accelerator_utilization_ratio",  # GPU utilization
+    "edge_model_canary",  # rollout: canary against stable, per model
+    "edge_model_shadow_agreement",  # rollout: agreement
+    "edge_requests_total",  # rollout: errors
 }
+
+
+def test_the_rollout_panels_key_on_edge_model_canary(dashboard: dict[str, Any]) -> None:
+    """Canary or stable is what each node reports, never a hand-applied target label."""
+    rollout = [(title, expr) for title, expr in exprs(dashboard) if "rollout" in expr]
+    titles = {title for title, _ in rollout}
+    assert {"Rollout: nodes per version", "Rollout: validation score, canary vs stable",
+            "Rollout: shadow agreement, canary vs stable", "Rollout: p99 latency, canary vs stable",
+            "Rollout: errors, canary vs stable", "Model versions in the fleet"} <= titles, titles
+    for title, expr in rollout:
+        assert "edge_model_canary" in expr, title
+        assert not re.search(r"rollout\s*(=|!=|=~|!~)\s*\"", expr), title
 
 
 @pytest.fixture(scope="module")

@@ -109,7 +109,7 @@ def test_scrape_config_with_promtool_kubernetes_sd_as_static(promtool: str, tmp_
         shutil.copy(PROMETHEUS_DIR / rule_file, tmp_path / rule_file)
     result = run(promtool, "check", "config", "prometheus.yml", cwd=tmp_path)
     assert_clean(result)
-    assert "SUCCESS: 16 rules found" in result.stdout
+    assert f"SUCCESS: {len(rules())} rules found" in result.stdout
 
 
 def test_scrape_config_discovers_the_edge_agent_pods() -> None:
@@ -120,7 +120,7 @@ def test_scrape_config_discovers_the_edge_agent_pods() -> None:
     (sd,) = job["kubernetes_sd_configs"]
     assert sd["role"] == "pod"
     assert sd["namespaces"]["names"] == ["edge-agent"]
-    assert sd["attach_metadata"] == {"node": True}  # node labels: line, rollout
+    assert sd["attach_metadata"] == {"node": True}  # node labels: line
     assert set(sd) <= {"role", "namespaces", "selectors", "attach_metadata"}, set(sd)
     relabel = job["relabel_configs"]
     keeps = {(tuple(r["source_labels"]), r["regex"]) for r in relabel if r.get("action") == "keep"}
@@ -134,10 +134,8 @@ def test_scrape_config_discovers_the_edge_agent_pods() -> None:
             sources.setdefault(r["target_label"], set()).update(r.get("source_labels", []))
     assert sources["node"] == {"__meta_kubernetes_pod_node_name"}
     assert sources["line"] == {"__meta_kubernetes_node_label_edge_example_com_line"}
-    assert sources["rollout"] == {
-        "__meta_kubernetes_node_label_edge_example_com_rollout",
-        "__meta_kubernetes_pod_label_edge_example_com_rollout",
-    }
+    # Canary or stable is each node's own report (edge_model_canary), not a hand label.
+    assert "rollout" not in sources
     assert "__address__" in sources
 
 
@@ -155,7 +153,7 @@ def test_static_scrape_config_with_promtool(promtool: str) -> None:
     job = edge_job(load(SCRAPE_STATIC))
     assert job["metrics_path"] == "/metrics/summary"
     for group in job["static_configs"]:
-        assert set(group["labels"]) == {"node", "line", "rollout"}, group
+        assert set(group["labels"]) == {"node", "line"}, group
 
 
 # --- rules ---------------------------------------------------------------------------------
@@ -261,3 +259,18 @@ def test_readme_lists_every_alert() -> None:
     text = README.read_text()
     for name in alert_rules():
         assert f"`{name}`" in text, name
+
+
+def test_canary_and_stable_come_from_edge_model_canary() -> None:
+    """Every rule grouping by cohort reads it from the nodes' own edge_model_canary (through
+    instance_model:edge_model_rollout:info), never from a target label."""
+    recorded = {rule["record"]: rule["expr"] for rule in rules() if "record" in rule}
+    assert metric_names(recorded["instance_model:edge_model_rollout:info"]) == {
+        "edge_model_canary", "edge_model_info"}
+    for name, expr in recorded.items():
+        if "rollout" in name and name != "instance_model:edge_model_rollout:info":
+            reads = metric_names(expr)
+            assert reads & {"instance_model:edge_model_rollout:info",
+                            "model_rollout_version:edge_model_info:count"}, name
+    alert = alert_rules()["EdgeCanaryWorseThanStable"]["expr"]
+    assert metric_names(alert) <= set(recorded), alert

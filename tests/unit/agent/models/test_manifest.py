@@ -106,3 +106,27 @@ def test_bake_and_shadow_are_off_by_default_and_read_with_their_defaults():
     trial = parse_manifest("models: {m: {stable: {source: 'file:///x'}, "
                            "shadow: {before_swap_s: 120}}}")["m"].bake
     assert (trial.bake_s, trial.shadow.before_swap_s) == (0.0, 120.0)
+
+
+def test_a_node_accepts_the_controllers_rollout_and_status_and_ignores_them():
+    """The fleet controller adds ``rollout`` to a model and a top-level ``status``: a node
+    reads neither (however they look), and still refuses other unknown keys."""
+    text = """
+models:
+  defects:
+    stable: {source: "https://models/defects/1.1.0/model.json"}
+    canary: {source: "oci://registry:5000/models/defects:1.2.0", percent: 25}
+    min_score: 0.8
+    rollout: {steps: [5, 25, 100], bake_s: 1800, min_nodes: 3, max_error_ratio: 1.5,
+              max_p99_ratio: 1.5}
+status:
+  defects: {phase: canary, percent: 25, since: "2026-12-01T10:00:00Z", reason: "x",
+            anything: [1, 2]}
+"""
+    plans = parse_manifest(text)
+    assert set(plans) == {"defects"}
+    assert plans["defects"].canary is not None
+    assert plans["defects"].canary.percent == 25
+    assert plans == parse_manifest(text.replace("status:", "ignored_by_nodes:"))
+    with pytest.raises(ManifestError, match="unknown keys"):
+        parse_manifest(text.replace("rollout:", "rolout:"))
