@@ -152,12 +152,17 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     service = ModelService(
         settings, app[keys.PREPOST_POOL], on_queue_depth=app[keys.RECORDER].observe_queue
     )
+    cache = None
     if settings.lifecycle.manifest:
-        await asyncio.to_thread(use_last_known_good, service, ModelCache(settings.state_dir))
+        # One cache (one lock and lease on the state dir) for the start-up and the sync.
+        cache = app[keys.MODEL_CACHE] = ModelCache(settings.state_dir)
+        await asyncio.to_thread(use_last_known_good, service, cache)
     app[keys.SERVICE] = service
     yield
     app[keys.SHUTDOWN].begin_drain("shutdown")
     await service.close(settings.drain_timeout_s)
+    if cache is not None:
+        await asyncio.to_thread(cache.close)
 
 
 async def _load_and_score(service: ModelService) -> None:
@@ -195,9 +200,7 @@ async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
     if not settings.lifecycle.manifest:
         yield
         return
-    syncer = build_syncer(
-        app[keys.SERVICE], ModelCache(settings.state_dir), app[keys.CLIENT_SESSION]
-    )
+    syncer = build_syncer(app[keys.SERVICE], app[keys.MODEL_CACHE], app[keys.CLIENT_SESSION])
     app[keys.SYNCER] = syncer
     syncing = asyncio.create_task(
         sync_after(

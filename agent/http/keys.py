@@ -11,6 +11,7 @@ from aiohttp import web
 from agent.health import LoopMonitor
 from agent.metrics.accelerators import AcceleratorProbe
 from agent.metrics.recorder import Recorder
+from agent.models.cache import ModelCache
 from agent.models.sync import Syncer
 from agent.service import ModelService
 from agent.settings import Settings
@@ -26,6 +27,7 @@ SHUTDOWN = web.AppKey("shutdown", Shutdown)
 RECORDER = web.AppKey("recorder", Recorder)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 SYNCER = web.AppKey("syncer", Syncer)
+MODEL_CACHE = web.AppKey("model_cache", ModelCache)  # with a fleet manifest
 LOADING = web.AppKey("loading", asyncio.Task[None])  # loading, then scoring, the models
 CLIENT_SESSION = web.AppKey("client_session", aiohttp.ClientSession)
 ACCELERATORS = web.AppKey("accelerators", list[AcceleratorProbe])

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.models.statelock import Sharing, sharing
+from agent.models.statelock import Sharing
 from inference.errors import EdgeError
 from inference.files import atomic_write, fsync_dir
 from inference.session import file_digest
@@ -87,9 +87,13 @@ class ModelCache:
         self.root = state_dir / "models"
         self.blobs = self.root / "blobs" / "sha256"
         self.state_file = self.root / "state.json"
-        # This process's lock and lease on the state dir (one per process; a test may pass
-        # another to play a second process).
-        self.share = share or sharing(self.root)
+        # This process's lock and lease on the state dir: a daemon makes one cache and
+        # passes it to all that use the state dir (a test may pass a Sharing of its own).
+        self.share = share if share is not None else Sharing(self.root)
+
+    def close(self) -> None:
+        """This process leaves the state dir: its lease goes (nothing it served is kept)."""
+        self.share.close()
 
     # -- blobs -----------------------------------------------------------------------------
     def path(self, digest: str) -> Path:

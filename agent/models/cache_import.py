@@ -31,7 +31,11 @@ async def _fetch(sidecar_uri: str, cache: ModelCache, name: str | None) -> Cache
 
 
 def import_version(sidecar_path: Path, state_dir: Path, name: str | None = None) -> CachedVersion:
-    return asyncio.run(_fetch(sidecar_path.resolve().as_uri(), ModelCache(state_dir), name))
+    cache = ModelCache(state_dir)
+    try:
+        return asyncio.run(_fetch(sidecar_path.resolve().as_uri(), cache, name))
+    finally:
+        cache.close()  # what it imported is in state.json: kept without a lease
 
 
 def main_import(sidecar: Path, state_dir: Path, name: str | None) -> int:

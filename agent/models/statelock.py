@@ -92,6 +92,18 @@ class Owner:
             self._fd = fd
             self._write(self._lease)
 
+    def close(self) -> None:
+        """A clean exit: this process's lease and lock file go now (after ``kill -9`` the next
+        process to look reaps them)."""
+        if self._fd is None:
+            return
+        with self._lock.held():
+            (self._dir / f"{self.id}.json").unlink(missing_ok=True)
+            (self._dir / f"{self.id}.lock").unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None
+            self._lease = frozenset()
+
     @property
     def lease(self) -> frozenset[str]:
         return self._lease
@@ -160,22 +172,12 @@ def _alive(lock_file: Path) -> bool:
 
 
 class Sharing:
-    """The lock and this process's registration for one state dir."""
+    """The lock and this process's registration for one state dir: one per daemon (its app
+    makes one model cache and passes it down), one per ``cache import``."""
 
     def __init__(self, root: Path) -> None:
         self.lock = StateLock(root)
         self.owner = Owner(root, self.lock)
 
-
-_SHARED: dict[Path, Sharing] = {}
-_SHARED_LOCK = threading.Lock()
-
-
-def sharing(root: Path) -> Sharing:
-    """One per state dir per process: every ModelCache of the daemon (start-up, sync, import)
-    uses the same lock and lease."""
-    key = root.absolute()
-    with _SHARED_LOCK:
-        if key not in _SHARED:
-            _SHARED[key] = Sharing(key)
-        return _SHARED[key]
+    def close(self) -> None:
+        self.owner.close()

@@ -178,3 +178,21 @@ def test_a_blob_this_process_serves_is_kept_by_another_process_gc(tmp_path):
     assert a.has(old_digest)
     a.serve({new_digest})  # A swapped to 1.1.0 too: 1.0.0 is nobody's
     assert b.collect_garbage(keep) == [old_digest]
+
+
+def test_a_clean_close_leaves_the_state_dir_without_its_lease(tmp_path):
+    """A daemon that exits cleanly removes its registration itself: what only it served is
+    collectable at once, and nothing of it is left in owners/."""
+    state = tmp_path / "state"
+    a = ModelCache(state, Sharing(state / "models"))
+    b = ModelCache(state, Sharing(state / "models"))
+    data, digest = blob("served by A only")
+    put(a, data, digest)
+    a.serve({digest})
+    b.serve(set())
+    assert b.collect_garbage(keep=set()) == []
+    a.close()
+    a.close()  # twice: nothing more to do
+    owners = sorted(p.name for p in (state / "models" / "owners").iterdir())
+    assert owners == sorted([f"{b.share.owner.id}.lock", f"{b.share.owner.id}.json"])
+    assert b.collect_garbage(keep=set()) == [digest]
