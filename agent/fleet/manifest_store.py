@@ -217,19 +217,22 @@ def _configmap(location: str) -> ManifestStore:
     return ConfigMapStore(parts[0], parts[1], parts[2] if len(parts) == 3 else "fleet.yaml")
 
 
-STORES: dict[str, Callable[[str], ManifestStore]] = {
-    "file": _file,
-    "http": UrlStore,
-    "https": UrlStore,
-    "configmap": _configmap,
-}
+def manifest_stores() -> dict[str, Callable[[str], ManifestStore]]:
+    """Location scheme -> the store that reads and writes the manifest there."""
+    return {
+        "file": _file,
+        "http": UrlStore,
+        "https": UrlStore,
+        "configmap": _configmap,
+    }
 
 
 def open_store(location: str) -> ManifestStore:
     scheme = location.split("://", 1)[0] if "://" in location else ""
     if not scheme:
         return FileStore(Path(location))
-    if scheme not in STORES:
+    stores = manifest_stores()
+    if scheme not in stores:
         raise StoreError(f"{location}: the manifest location must be a path or start with "
-                         f"{', '.join(s + '://' for s in STORES)}")
-    return STORES[scheme](location)
+                         f"{', '.join(s + '://' for s in stores)}")
+    return stores[scheme](location)
