@@ -43,6 +43,7 @@ from inference.session import (
     create_session,
     file_digest,
     first_provider,
+    openvino_cache,
 )
 from inference.variants import FP32
 
@@ -97,7 +98,8 @@ def _openvino_session(precision: str) -> SessionFactory:
         # ("wide"), or one single-threaded run per core ("narrow"); a stream runs one at a time.
         threads = config.threads()
         return create_openvino_session(path, precision, threads, digest,
-                                       streams=max(1, usable_cores() // threads))
+                                       streams=max(1, usable_cores() // threads),
+                                       cache_dir=openvino_cache(config))
 
     return session
 

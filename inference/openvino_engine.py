@@ -225,12 +225,14 @@ def _metadata(model: Any) -> dict[str, str]:
 
 
 def create_openvino_session(path: Path, precision: str, threads: int, digest: str,
-                            streams: int = 1) -> LoadedSession:
+                            streams: int = 1, cache_dir: Path | None = None) -> LoadedSession:
     """``path`` compiled by OpenVINO for this CPU at ``precision`` ("fp32" or "bf16").
 
     ``threads`` per run (as ``intra_op_threads``; 0: the cores this process may use);
     ``streams`` runs that may go at once at that width (OpenVINO's NUM_STREAMS: the compiled
-    model gets ``threads * streams`` threads).
+    model gets ``threads * streams`` threads). ``cache_dir``: OpenVINO keeps compiled models
+    there (its own keys: the model, the settings, the device and its version), so a restart
+    loads instead of compiling again.
     bf16 on a CPU without it: :class:`PrecisionUnavailableError`; OpenVINO not installed:
     :class:`ProviderUnavailableError`; a file it cannot read: :class:`ModelLoadError`."""
     if precision not in PRECISIONS:
@@ -247,12 +249,16 @@ def create_openvino_session(path: Path, precision: str, threads: int, digest: st
     hint = PRECISIONS[precision]
     try:
         model = core.read_model(str(path))
-        compiled = core.compile_model(model, "CPU", {
+        config: dict[str, Any] = {
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": streams,
             "INFERENCE_NUM_THREADS": threads * streams,
             "INFERENCE_PRECISION_HINT": hint,
-        })
+        }
+        if cache_dir is not None:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            config["CACHE_DIR"] = str(cache_dir)
+        compiled = core.compile_model(model, "CPU", config)
     except Exception as exc:  # OpenVINO raises plain RuntimeErrors for unreadable graphs
         raise ModelLoadError(f"OpenVINO cannot load {path.name}: {exc}", str(path)) from exc
     # What the plugin really computes in (it may override a hint it cannot honour).

@@ -111,7 +111,8 @@ def create_session(model: Path, config: SessionConfig, digest: str | None = None
         from inference.openvino_engine import create_openvino_session
 
         try:
-            return create_openvino_session(model, "fp32", config.threads(), digest)
+            return create_openvino_session(model, "fp32", config.threads(), digest,
+                                           cache_dir=openvino_cache(config))
         except (ModelLoadError, ProviderUnavailableError) as exc:
             rest = [p for p in chain if p.name != "openvino"]
             if not rest:
@@ -184,6 +185,12 @@ def available_providers() -> list[str]:
     return ort.get_available_providers() + ([OPENVINO_RUNTIME] if openvino_available() else [])
 
 
+def openvino_cache(config: SessionConfig) -> Path | None:
+    """Where OpenVINO keeps its compiled models: on the persistent state dir, beside the
+    TensorRT engines."""
+    return config.cache_dir / "openvino" if config.cache_dir is not None else None
+
+
 def first_provider(config: SessionConfig) -> str:
     """The provider a session built with ``config`` tries first ("cpu" where nothing else of
     its chain is available)."""
@@ -205,7 +212,7 @@ def rebuild_session(loaded: LoadedSession, config: SessionConfig) -> LoadedSessi
         from inference.openvino_engine import create_openvino_session
 
         return create_openvino_session(loaded.path, loaded.precision, config.threads(),
-                                       loaded.digest)
+                                       loaded.digest, cache_dir=openvino_cache(config))
     return create_session(loaded.path, config, loaded.digest)
 
 

@@ -229,3 +229,18 @@ def test_openvino_in_the_provider_chain_runs_fp32_and_rebuilds_as_openvino(ov, d
     # Later in the chain it does not displace an ORT provider this build has.
     assert create_session(DEFECTS, SessionConfig(providers=("cpu", "openvino"))).provider == "cpu"
 
+
+
+def test_compiled_models_are_kept_in_the_cache_dir_and_loaded_from_it(ov, frames, defects_ort,
+                                                                      tmp_path):
+    """A restart loads the compiled model OpenVINO kept on the state dir instead of compiling
+    again (what the cold start from the cache needs); its answers are the same."""
+    cache = tmp_path / "openvino"
+    batch = blobs(defects_ort, frames, 2)
+    first = create_openvino_session(DEFECTS, "fp32", 2, "d", cache_dir=cache)
+    kept = sorted(p.name for p in cache.iterdir())
+    assert kept, "nothing compiled was kept"
+    again = create_openvino_session(DEFECTS, "fp32", 2, "d", cache_dir=cache)
+    assert sorted(p.name for p in cache.iterdir()) == kept  # loaded, not compiled anew
+    np.testing.assert_array_equal(first.session.run(None, {"images": batch})[0],
+                                  again.session.run(None, {"images": batch})[0])
