@@ -54,6 +54,7 @@ RAW_PATH = {FP32: paths.BASELINE, "int8": "ort-int8", "fp32-openvino": "openvino
             "bf16": "openvino-bf16"}
 PEER = "ultralytics openvino (peer)"
 E2E_TARGET, SATURATION_TARGET, MAX_DROP = 2.0, 2.0, 0.01
+SETTLE_S = 4.0
 
 
 @dataclass
@@ -68,6 +69,10 @@ class PathRow:
     metric: str = ""
     agreement: float | None = None
     note: str = ""
+    expect: str = ""  # what the daemon should say it serves; empty: ``precision`` itself
+
+    def served_as_meant(self) -> bool:
+        return self.serving == (self.expect or self.precision)
 
 
 @dataclass
@@ -94,6 +99,8 @@ class ModelCase:
     overlays: dict[str, dict[str, Any]]  # precision -> daemon settings overlay
     int8: Path | None = None
     sidecar: Path | None = None  # the version to seed each daemon's cache with
+    # precision -> what its daemon reports serving, where not the precision itself
+    expect: dict[str, str] = field(default_factory=dict)
 
 
 def pack_defects(workdir: Path) -> Path:
@@ -159,7 +166,7 @@ def fall_case(workdir: Path, model: Path, notes: list[str]) -> ModelCase:
         "int8": {"models": {"path": str(int8)}},
         "fp32-openvino": openvino("fp32-openvino"),
         "bf16": openvino("bf16"),
-    }, int8=int8)
+    }, int8=int8, expect={"int8": FP32})  # a path model: the daemon calls its file fp32
 
 
 async def serving(daemon: Daemon) -> dict[str, Any]:
@@ -169,11 +176,11 @@ async def serving(daemon: Daemon) -> dict[str, Any]:
 
 
 async def measure_case(case: ModelCase, threads: int, rounds: int, step_s: float,
-                       cameras: int, peer: Peer | None,
+                       settle_s: float, cameras: int, peer: Peer | None,
                        workdir: Path) -> tuple[list[PathRow], list[str]]:
     builders, why = paths.path_builders(case.int8)
     runnable = [p for p, raw in RAW_PATH.items() if raw in builders]
-    rows = {p: PathRow(case.name, p) for p in runnable}
+    rows = {p: PathRow(case.name, p, expect=case.expect.get(p, "")) for p in runnable}
     print(f"{case.name}: raw runs and scores, {', '.join(runnable)} ...", flush=True)
     raw_rows = await asyncio.to_thread(paths.measure_model, case.name, case.model,
                                        case.frame.read_bytes(), builders, threads, rounds, 0)
@@ -196,10 +203,13 @@ async def measure_case(case: ModelCase, threads: int, rounds: int, step_s: float
         for v in variants:
             assert v.daemon is not None
             info = await serving(v.daemon)
-            rows[v.name].serving = str(info.get("precision", ""))
-            if rows[v.name].serving != v.name:
-                rows[v.name].note = ((info.get("precision_choice") or {}).get("reason")
-                                     or f"serves {rows[v.name].serving}")
+            row = rows[v.name]
+            row.serving = str(info.get("precision", ""))
+            if not row.served_as_meant():
+                row.note = ((info.get("precision_choice") or {}).get("reason")
+                            or f"serves {row.serving}")
+            elif row.expect:
+                row.note = "the QDQ file as a model configured by `path` (no gate)"
         print(f"{case.name}: single stream, interleaved ...", flush=True)
         async with aiohttp.ClientSession() as http:
             measures: dict[str, Measure] = {}
@@ -217,8 +227,12 @@ async def measure_case(case: ModelCase, threads: int, rounds: int, step_s: float
             for v in variants:
                 assert v.daemon is not None
                 step = await closed_loop_step(http, v.daemon, data, cameras, RETRY_AFTER,
-                                              step_s, settle_s=2.0)
+                                              step_s, settle_s)
                 rows[v.name].fps = step["fps"]
+                if step["switched"]:  # a session was rebuilt inside the measured window
+                    rows[v.name].note = "; ".join(filter(None, [
+                        rows[v.name].note, "the thread layout switched during the saturation "
+                        "step: more --settle-s"]))
                 print(f"  {v.name:>14}: {step['fps']:5.1f} frames/s, p50 {step['p50']:.0f} ms, "
                       f"503s {step['refused']}", flush=True)
     finally:
@@ -310,7 +324,7 @@ def best_path(rows: list[PathRow], model: str, golden: bool) -> PathRow | None:
     ``MAX_DROP`` of fp32's score."""
     r = ratios(rows)
     ok = [row for row in rows if row.model == model and row.precision not in (FP32, PEER)
-          and row.serving == row.precision and row.run_ms is not None
+          and row.served_as_meant() and row.run_ms is not None
           and (not golden or ((d := r[(model, row.precision)]["drop"]) is not None
                               and d <= MAX_DROP + 1e-9))]
     return min(ok, key=lambda row: row.run_ms or 0.0, default=None)
@@ -380,10 +394,12 @@ def render_table(result: PrecisionResult) -> list[str]:
     return lines
 
 
-def render_section(result: PrecisionResult, cameras: int, step_s: float) -> list[str]:
+def render_section(result: PrecisionResult, cameras: int, step_s: float,
+                   settle_s: float) -> list[str]:
     lines = ["", "Precision paths end to end (one daemon per path, measured interleaved; x: "
              "against the model's fp32, above 1 is better; saturation: "
-             f"{cameras} closed-loop cameras for {step_s:g} s after 2 s settling):", "",
+             f"{cameras} closed-loop cameras for {step_s:g} s after {settle_s:g} s settling, "
+             "in which the thread layout turns narrow):", "",
              *render_table(result)]
     if result.cold is not None:
         lines += ["", f"The node's own choice for defects (auto, runtime.openvino, all paths "
@@ -396,7 +412,8 @@ def fresh(workdir: Path) -> None:
     workdir.mkdir(parents=True)
 
 
-async def measure(workdir: Path, threads: int, rounds: int, step_s: float, cameras: int,
+async def measure(workdir: Path, threads: int, rounds: int, step_s: float, settle_s: float,
+                  cameras: int,
                   peer_python: str | None, models: list[str]) -> PrecisionResult:
     result = PrecisionResult()
     await asyncio.to_thread(fresh, workdir)
@@ -422,8 +439,8 @@ async def measure(workdir: Path, threads: int, rounds: int, step_s: float, camer
             folder = peer_model(python, case.model, workdir / "peer" / case.name.split()[0], imgsz)
             peer = Peer(python, folder, case.frame, imgsz)
         try:
-            rows, notes = await measure_case(case, threads, rounds, step_s, cameras, peer,
-                                             workdir)
+            rows, notes = await measure_case(case, threads, rounds, step_s, settle_s, cameras,
+                                             peer, workdir)
             result.rows += rows
             result.notes += notes
         finally:
@@ -444,6 +461,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--rounds", type=int, default=30, help="raw runs and single-stream rounds "
                     "per path")
     ap.add_argument("--step-s", type=float, default=8.0, help="seconds of saturation per path")
+    ap.add_argument("--settle-s", type=float, default=SETTLE_S, help="seconds of load before "
+                    "each saturation step is measured (the thread layout's switch to narrow)")
     ap.add_argument("--cameras", type=int, default=0, help="closed-loop cameras for "
                     "saturation; 0: twice the usable cores")
     ap.add_argument("--peer-python", help="the interpreter Ultralytics and openvino are "
@@ -461,15 +480,15 @@ def cameras_for(requested: int, threads: int) -> int:
 def main(args: argparse.Namespace) -> int:
     threads = args.threads or SessionConfig().threads()
     cameras = cameras_for(args.cameras, threads)
-    result = asyncio.run(measure(args.workdir, threads, args.rounds, args.step_s, cameras,
-                                 args.peer_python, args.models))
+    result = asyncio.run(measure(args.workdir, threads, args.rounds, args.step_s, args.settle_s,
+                                 cameras, args.peer_python, args.models))
     info = machine()
     text = "\n".join([
         f"# Precision paths end to end, {info['date']}", "",
         f"Machine: {info['cpu']}, {info['cores']} usable cores, onnxruntime "
         f"{info['onnxruntime']}, Python {info['python']}. {threads} threads; {args.rounds} "
         "raw runs and single-stream rounds per path.",
-        *render_section(result, cameras, args.step_s), "",
+        *render_section(result, cameras, args.step_s, args.settle_s), "",
         *target_table(targets(result)),
     ]) + "\n"
     out = args.out or RESULTS / f"{info['date']}-{info['host'] or 'host'}-precision.md"

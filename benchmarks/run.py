@@ -148,9 +148,10 @@ async def run(args: argparse.Namespace, report: Report, setup: Setup) -> None:
         print("precision paths end to end ...", flush=True)
         cameras = precision.cameras_for(0, threads)
         result = await precision.measure(workdir / "precision", threads, args.rounds,
-                                         args.step_s, cameras, args.peer_python,
-                                         ["defects", "fall"])
-        report.precision = precision.render_section(result, cameras, args.step_s)
+                                         args.step_s, precision.SETTLE_S, cameras,
+                                         args.peer_python, ["defects", "fall"])
+        report.precision = precision.render_section(result, cameras, args.step_s,
+                                                    precision.SETTLE_S)
         report.targets += precision.targets(result)
 
     report.targets += [

@@ -35,7 +35,8 @@ def rows() -> list[PathRow]:
         PathRow(D, "bf16", "bf16", 8.0, e2e(15.0), 120.0, 0.8286, "mAP50 (50 frames)", 0.95),
         PathRow(D, PEER, e2e=e2e(30.0), note="in-process"),
         PathRow(F, "fp32", "fp32", 100.0, e2e(150.0), 7.0, agreement=1.0),
-        PathRow(F, "int8", "int8", 45.0, e2e(70.0), 15.0, agreement=0.97),
+        # a model configured by path to the QDQ file: the daemon calls its own file fp32
+        PathRow(F, "int8", "fp32", 45.0, e2e(70.0), 15.0, agreement=0.97, expect="fp32"),
         # pinned, but the daemon served fp32 (say the runtime failed): never the target's path
         PathRow(F, "bf16", "fp32", 40.0, e2e(140.0), 7.1, agreement=0.99,
                 note="pinned bf16, but it failed: fp32 serves"),
@@ -109,7 +110,7 @@ def test_no_lower_precision_served_gives_no_verdict_not_a_pass():
 def test_the_table_has_one_row_per_path_and_every_column():
     text = "\n".join(render_section(PrecisionResult(rows(), ColdStart([0.9], "int8", "cached",
                                                                       "int8: faster"),
-                                                    golden={D}, notes=["a note"]), 4, 8.0))
+                                                    golden={D}, notes=["a note"]), 4, 8.0, 4.0))
     table = [line for line in text.splitlines() if line.startswith("| ")]
     header = [c.strip() for c in table[0].strip("|").split("|")]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in table[1:]]
@@ -129,7 +130,7 @@ def test_the_table_has_one_row_per_path_and_every_column():
         ("—", "30.0", "—")
     assert by[(F, "bf16")]["daemon serves"] == "fp32"
     assert by[(F, "int8")]["golden score"] == "—"
-    assert "4 closed-loop cameras for 8 s" in text
+    assert "4 closed-loop cameras for 8 s after 4 s settling" in text
     assert "defects (auto, runtime.openvino, all paths measured at the first start): int8" in text
     assert "- a note" in text
 
@@ -142,7 +143,7 @@ def test_benchmarks_run_report_carries_the_section_and_its_targets():
         targets=[Target("ratio", 1.0, "<= 1.08", True)],
     )
     result = PrecisionResult(rows(), golden={D})
-    report.precision = render_section(result, 4, 8.0)
+    report.precision = render_section(result, 4, 8.0, 4.0)
     report.targets += targets(result)
     text = render(report, COCO_MODEL, IMAGES / "astronaut-1080p.jpg", 4)
     assert "| defects | int8 | int8 | 10.0 | 2.00x |" in text
