@@ -149,7 +149,7 @@ async def run(args: argparse.Namespace, report: Report, setup: Setup) -> None:
         cameras = precision.cameras_for(0, threads)
         result = await precision.measure(workdir / "precision", threads, args.rounds,
                                          args.step_s, precision.SETTLE_S, cameras,
-                                         args.peer_python, ["defects", "fall"])
+                                         args.peer_python, list(precision.MODELS))
         report.precision = precision.render_section(result, cameras, args.step_s,
                                                     precision.SETTLE_S)
         report.targets += precision.targets(result)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
 from support import COCO_MODEL, IMAGES
 
 from benchmarks import precision
-from benchmarks.precision import (
+from benchmarks.precision_report import (
     PEER,
     ColdStart,
     PathRow,
@@ -156,5 +157,7 @@ def test_cli_defaults_both_models_and_two_cameras_a_core():
     args = ap.parse_args([])
     assert args.models == ["defects", "fall"]
     assert ap.parse_args(["--models", "defects"]).models == ["defects"]
+    with pytest.raises(argparse.ArgumentTypeError, match="expected some of defects,fall"):
+        precision.parse_models("defects,yolo")
     assert precision.cameras_for(args.cameras, 2) == 4
     assert precision.cameras_for(3, 2) == 3
