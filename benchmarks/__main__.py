@@ -1,4 +1,5 @@
-"""``python -m benchmarks run|latency|gpu|compare|paths`` (see README, "Performance")."""
+"""``python -m benchmarks run|latency|gpu|compare|paths|precision`` (see README,
+"Performance")."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from benchmarks.common import DEFAULT_FRAME, DEFAULT_MODEL
 from benchmarks.compare import parse_tree, parse_variant
 from benchmarks.latency import measure, report
 from benchmarks.paths import add_arguments as add_paths_arguments
+from benchmarks.precision import add_arguments as add_precision_arguments
 
 
 def main() -> int:
@@ -31,7 +33,8 @@ def main() -> int:
     run = sub.add_parser(
         "run",
         help="the performance targets in README's Performance section, all in one run "
-        "(floor, daemon, peer, sweep, overload, swap, cold start); writes benchmarks/results/",
+        "(floor, daemon, peer, sweep, overload, swap, cold start, precision paths); writes "
+        "benchmarks/results/",
     )
     run.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     run.add_argument("--frame", type=Path, default=DEFAULT_FRAME)
@@ -56,6 +59,8 @@ def main() -> int:
         "(default: $EDGE_BENCH_PEER_PYTHON, this one, /opt/refvenv/bin/python)",
     )
     run.add_argument("--workdir", type=Path, default=Path("/tmp/edge-agent-bench"))
+    run.add_argument("--skip-precision", action="store_true",
+                     help="leave out the precision paths end to end (`benchmarks precision`)")
     cmp = sub.add_parser(
         "compare",
         help="tuning variants before/after, interleaved in one run; "
@@ -99,10 +104,21 @@ def main() -> int:
         "raw run, golden-set score, agreement; writes benchmarks/results/<date>-<host>-paths.md",
     )
     add_paths_arguments(paths)
+    prec = sub.add_parser(
+        "precision",
+        help="each precision path (fp32, int8, fp32-openvino, bf16) end to end through the "
+        "daemon against fp32: raw run, single-stream p50, saturation, golden score, and the "
+        "cached cold start; writes benchmarks/results/<date>-<host>-precision.md",
+    )
+    add_precision_arguments(prec)
     from benchmarks.fleet_sim import add_parser as add_fleet_sim
 
     add_fleet_sim(sub)
     args = ap.parse_args()
+    if args.cmd == "precision":
+        from benchmarks.precision import main as precision_main
+
+        return precision_main(args)
     if args.cmd == "paths":
         from benchmarks.paths import main as paths_main
 

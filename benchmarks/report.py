@@ -28,6 +28,7 @@ class Report:
     sweep: list[dict[str, float]] = field(default_factory=list)
     closed_loop: list[dict[str, Any]] = field(default_factory=list)
     bundled_peak_rss: int = 0
+    precision: list[str] = field(default_factory=list)  # benchmarks.precision's section
     targets: list[Target] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -50,11 +51,7 @@ def render(report: Report, model: Path, frame: Path, rounds: int) -> str:
         if s.get(key):
             lines.append(f"| {label} | {ms(s[key], 50):.1f} | {ms(s[key], 95):.1f} | "
                          f"{ms(s[key], 99):.1f} |")
-    lines += ["", "| target | measured | target | met | note |", "|---|---|---|---|---|"]
-    for t in report.targets:
-        value = "—" if t.measured is None else f"{t.measured:.2f}"
-        met = "—" if t.met is None else ("yes" if t.met else "**no**")
-        lines.append(f"| {t.figure} | {value} | {t.target} | {met} | {t.note} |")
+    lines += ["", *target_table(report.targets)]
     if report.floor:
         lines += ["", f"In-process pipeline floor (decode + letterbox + run, one thread per core, "
                   f"no HTTP): {report.floor['fps']:.1f} frames/s, peak RSS "
@@ -65,8 +62,18 @@ def render(report: Report, model: Path, frame: Path, rounds: int) -> str:
         lines += ["", "Closed-loop cameras (each posts its next frame when the answer arrives):",
                   "", *_closed_loop_table(report.closed_loop)]
     lines += ["", "Open-loop cameras:", "", *_sweep_table(report.sweep)]
+    lines += report.precision
     lines += [""] + [f"- {n}" for n in report.notes]
     return "\n".join(lines) + "\n"
+
+
+def target_table(targets: list[Target]) -> list[str]:
+    lines = ["| target | measured | target | met | note |", "|---|---|---|---|---|"]
+    for t in targets:
+        value = "—" if t.measured is None else f"{t.measured:.2f}"
+        met = "—" if t.met is None else ("yes" if t.met else "**no**")
+        lines.append(f"| {t.figure} | {value} | {t.target} | {met} | {t.note} |")
+    return lines
 
 
 def _closed_loop_table(rows: list[dict[str, Any]]) -> list[str]:

@@ -5,7 +5,8 @@ The floor (raw ``session.run`` with the daemon's thread settings), the daemon en
 peer (Ultralytics ``cv2.imdecode`` + ``YOLO(onnx).predict``, in its own interpreter) are
 interleaved round by round, so machine noise hits all three alike. Then, against the same
 daemon process: an open-loop sweep of cameras past saturation, 3x overload, a model swap under
-load, the summary's size; and last, cold starts from the on-disk state. Results go to
+load, the summary's size; cold starts from the on-disk state; and last (``benchmarks.precision``,
+``--skip-precision`` leaves it out) each precision path end to end against fp32. Results go to
 ``benchmarks/results/<date>-<host>.md`` with PNG plots beside it.
 
 This module only sets up and orchestrates; each job is a module of its own: ``single``,
@@ -24,7 +25,16 @@ from pathlib import Path
 import aiohttp
 
 from agent.settings import BatchingSettings
-from benchmarks import bare, cold_start, overload, saturation, single, summary_size, swap
+from benchmarks import (
+    bare,
+    cold_start,
+    overload,
+    precision,
+    saturation,
+    single,
+    summary_size,
+    swap,
+)
 from benchmarks.common import JPEG, RESULTS, TOKEN, machine, ms
 from benchmarks.load import Load, closed_loop, proc_stats
 from benchmarks.report import Report, plot, render
@@ -134,6 +144,15 @@ async def run(args: argparse.Namespace, report: Report, setup: Setup) -> None:
     report.bare = await asyncio.to_thread(bare.measure, model, setup.frame, threads, "shared")
     print("bundled models' memory ...", flush=True)
     report.bundled_peak_rss = await bundled_peak_rss(workdir, data, args.step_s)
+    if not args.skip_precision:
+        print("precision paths end to end ...", flush=True)
+        cameras = precision.cameras_for(0, threads)
+        result = await precision.measure(workdir / "precision", threads, args.rounds,
+                                         args.step_s, precision.SETTLE_S, cameras,
+                                         args.peer_python, list(precision.MODELS))
+        report.precision = precision.render_section(result, cameras, args.step_s,
+                                                    precision.SETTLE_S)
+        report.targets += precision.targets(result)
 
     report.targets += [
         *single.targets(report.single),
