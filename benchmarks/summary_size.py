@@ -24,6 +24,7 @@ from agent.metrics.exposition import (
     render_summary,
 )
 from agent.metrics.recorder import STAGES, Recorder
+from agent.precision import precision_paths
 from agent.settings import MAX_MODEL_NAME
 from benchmarks.report import Target
 from tests.support import Daemon
@@ -76,6 +77,7 @@ def worst_case(n: int) -> bytes:
                 rollout="canary",
                 shadow=ShadowSnapshot(version + "-previous", 0.987654321012, 12_345_678),
                 rollbacks=3,
+                precision=max(precision_paths(), key=len),  # the longest the gate can serve
             )
             for name in names
         ],
