@@ -281,6 +281,7 @@ class SimResult:
     health_bad: list[tuple[float, str, str]]  # every /health answer that was not 200
     restart: dict[str, Any]  # the manifest's status when the controller was killed, and after
     returned: dict[str, float]  # cut-off node -> when it came back
+    connected_while_cut: float | None  # the unplugged node's edge_control_plane_connected
     final_versions: dict[str, str]
     end_s: float
     report: Path | None = None
@@ -411,6 +412,7 @@ def _rollouts(fleet: Fleet, host: str, prom: str, manifest: Path, published: dic
     first = controller(1)
     released = {"1.1.0": release("1.1.0")}
     returned: dict[str, float] = {}
+    connected_while_cut: float | None = None
 
     # The 5 % step: one node of the 25 % cohort stopped, another's uplink unplugged.
     wait("1.1.0 at 5%", limit_s, at_step(5))
@@ -452,6 +454,8 @@ def _rollouts(fleet: Fleet, host: str, prom: str, manifest: Path, published: dic
         wait("1.1.0 at 100% or promoted", limit_s, lambda: at_step(100)() or (
             status().get("phase") == "stable" and status().get("source") == sources["1.1.0"]))
         time.sleep(5)
+        cut_off = _query(prom, f'edge_control_plane_connected{{node="{uplink_node}"}}')
+        connected_while_cut = float(cut_off[0]["value"][1]) if cut_off else None
         net.plug()
         returned[uplink_node] = time.monotonic() - t0
         note(f"{uplink_node}: uplink up")
@@ -485,8 +489,8 @@ def _rollouts(fleet: Fleet, host: str, prom: str, manifest: Path, published: dic
         skipped_while_stopped=gate.skipped, answered_while_stopped=answered,
         health_checks=sum(health.checks.values()),
         health_bad=[(t, n, str(s)) for t, n, s in health.bad], restart=restart,
-        returned=returned, final_versions={n: v for n, (v, _) in watcher.now.items()},
-        end_s=end)
+        returned=returned, connected_while_cut=connected_while_cut,
+        final_versions={n: v for n, (v, _) in watcher.now.items()}, end_s=end)
     result.report, result.plot = write_report(result, manifest.read_text(),
                                               fleet_status.stdout, recorded, results)
     return result

@@ -23,6 +23,14 @@ def nodes_per_version(result: SimResult, t: float) -> Counter[str]:
     return Counter(state.values())
 
 
+def first_seen(result: SimResult) -> float:
+    """When the first poll had seen every node (the timeline starts there)."""
+    first: dict[str, float] = {}
+    for t, node, *_ in sorted(result.changes):
+        first.setdefault(node, t)
+    return max(first.values(), default=0.0)
+
+
 def write_report(result: SimResult, final: str, status: str, recorded: list[dict[str, Any]],
                  results: Path) -> tuple[Path, Path | None]:
     from benchmarks.fleet_sim import BAKE_S, MODEL
@@ -86,6 +94,8 @@ def write_report(result: SimResult, final: str, status: str, recorded: list[dict
           + (f"{c:.1f} s later" if (c := result.caught_up(node, '1.1.0')) is not None
              else "never") + "."
           for node, back in result.returned.items()],
+        f"- The unplugged node's `edge_control_plane_connected` in Prometheus just before its "
+        f"uplink came back: {result.connected_while_cut}.",
         f"- Controller restart: status at the kill `{_brief(result.restart.get('at_kill'))}`; "
         f"after `{_brief(result.restart.get('after'))}`; its first line: "
         f"`{result.restart.get('first_line', '')}`.",
@@ -110,9 +120,10 @@ def write_report(result: SimResult, final: str, status: str, recorded: list[dict
               (f"![nodes per version]({plot.name})" if plot is not None else
                "(no plot: matplotlib is not installed; `pip install '.[bench]'`)"), "",
               "| t (s) | " + " | ".join(VERSIONS) + " |", "|---|---|---|---|"]
+    start = first_seen(result)
     t = 0.0
     while t <= result.end_s:
-        counts = nodes_per_version(result, t)
+        counts = nodes_per_version(result, max(t, start))
         lines.append(f"| {t:.0f} | " + " | ".join(str(counts.get(v, 0)) for v in VERSIONS)
                      + " |")
         t += 10
@@ -143,18 +154,20 @@ def _plot(result: SimResult, out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    times = sorted({0.0, result.end_s, *(t for t, *_ in result.changes)})
+    start = first_seen(result)
+    times = sorted({start, result.end_s, *(t for t, *_ in result.changes if t > start)})
     fig, ax = plt.subplots(figsize=(10, 4.5))
     for version in VERSIONS:
         ax.step(times, [nodes_per_version(result, t).get(version, 0) for t in times],
                 where="post", label=version)
     for version, t in result.released.items():
         ax.axvline(t, color="grey", linestyle=":")
-        ax.annotate(f"{version} named", (t, len(result.nodes) + 0.3), fontsize=7)
-    for t, what in result.events:
+        ax.annotate(f"{version} named", (t, len(result.nodes) + 0.5), fontsize=7)
+    for i, (t, what) in enumerate(result.events):
         ax.axvline(t, color="red", linestyle="--", linewidth=0.7)
-        ax.annotate(what.split(" (")[0], (t, 2 + 2 * (result.events.index((t, what)) % 4)),
-                    fontsize=6, rotation=90, color="red")
+        # Events at the same moment: their labels on either side of the line.
+        ax.annotate(what.split(" (")[0], (t, 3), xytext=(-8 if i % 2 else 2, 0),
+                    textcoords="offset points", fontsize=6, rotation=90, color="red")
     ax.set_xlabel("seconds since every agent was ready")
     ax.set_ylabel("nodes serving")
     ax.set_ylim(0, len(result.nodes) + 2)

@@ -66,6 +66,8 @@ def test_cut_off_nodes_keep_serving_and_catch_up(sim: SimResult) -> None:
     for node in (sim.stopped_node, sim.uplink_node):
         assert node in sim.cohorts[25]
         assert sim.caught_up(node, "1.1.0") is not None, (node, sim.changes)
+    # Cut off, it said so (and so the controller did not count it as refusing the canary).
+    assert sim.connected_while_cut == 0
     # The unplugged node served its cameras throughout, on the version it had.
     assert sim.camera_answers[sim.uplink_node].keys() == {"200"}
 
