@@ -94,8 +94,8 @@ def write_report(result: SimResult, final: str, status: str, recorded: list[dict
           + (f"{c:.1f} s later" if (c := result.caught_up(node, '1.1.0')) is not None
              else "never") + "."
           for node, back in result.returned.items()],
-        f"- The unplugged node's `edge_control_plane_connected` in Prometheus just before its "
-        f"uplink came back: {result.connected_while_cut}.",
+        *([f"- The unplugged node's `edge_control_plane_connected` in Prometheus just before "
+           f"its uplink came back: {result.connected_while_cut}."] if result.uplink_node else []),
         f"- Controller restart: status at the kill `{_brief(result.restart.get('at_kill'))}`; "
         f"after `{_brief(result.restart.get('after'))}`; its first line: "
         f"`{result.restart.get('first_line', '')}`.",
