@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import queue
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,12 +65,25 @@ _core_lock = threading.Lock()
 
 def _openvino() -> ModuleType:
     """The ``openvino`` module, or a clear error naming the extra to install."""
+    if "openvino" in sys.modules:
+        return sys.modules["openvino"]
+    # Importing openvino sends a usage event to Google Analytics (from a forked child, killed
+    # after 3 s where DNS does not answer) unless it believes it runs in CI. A factory node
+    # must not phone home: it is told so for the import, when its telemetry decides, and the
+    # environment is put back as it was.
+    before = os.environ.get("CI")
+    os.environ["CI"] = "true"
     try:
         return importlib.import_module("openvino")
     except ImportError as exc:
         raise ProviderUnavailableError(
             f"the OpenVINO runtime is not installed ({INSTALL_HINT})", {"error": str(exc)}
         ) from exc
+    finally:
+        if before is None:
+            os.environ.pop("CI", None)
+        else:
+            os.environ["CI"] = before
 
 
 def _ov_core() -> Any:

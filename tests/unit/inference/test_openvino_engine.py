@@ -6,6 +6,8 @@ OpenVINO is in the test extra: with CI=true a missing runtime fails these tests.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import threading
 
@@ -244,3 +246,31 @@ def test_compiled_models_are_kept_in_the_cache_dir_and_loaded_from_it(ov, frames
     assert sorted(p.name for p in cache.iterdir()) == kept  # loaded, not compiled anew
     np.testing.assert_array_equal(first.session.run(None, {"images": batch})[0],
                                   again.session.run(None, {"images": batch})[0])
+
+
+def test_importing_openvino_through_the_engine_sends_no_telemetry(ov, tmp_path):
+    """OpenVINO's import decides to send a usage event when no consent file says otherwise
+    and it does not believe it runs in CI; the engine imports it so that it declines, and
+    leaves the environment as it was. In a fresh interpreter with an empty home."""
+    script = """
+import os, sys
+from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+# Control: in this home and environment OpenVINO's own check finds no consent file, which
+# its import counts as consent.
+assert OptInChecker().check(False, disable_in_ci=True) == ConsentCheckResult.NO_FILE
+from inference.openvino_engine import _openvino
+_openvino()
+import openvino_telemetry
+assert openvino_telemetry.Telemetry().consent is False
+assert os.environ.get("CI") == (sys.argv[1] or None), os.environ.get("CI")
+print("declined")
+"""
+    for ci in ("", "false"):  # no CI variable at all; one that says it is not CI
+        env = {k: v for k, v in os.environ.items() if k != "CI"}
+        env["HOME"] = str(tmp_path)
+        if ci:
+            env["CI"] = ci
+        done = subprocess.run([sys.executable, "-c", script, ci], env=env, capture_output=True,
+                              text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "declined" in done.stdout
