@@ -87,10 +87,15 @@ def precision_paths() -> dict[str, PrecisionPath]:
         "fp32-openvino": PrecisionPath(FP32, _openvino_session("fp32"),
                                        _openvino_available("fp32")),
         "bf16": PrecisionPath(FP32, _openvino_session("bf16"), _openvino_available("bf16")),
+        # An Intel integrated GPU or NPU, where OpenVINO sees one: the fp32 file at fp16.
+        "fp16-igpu": PrecisionPath(FP32, _openvino_session("fp16", "GPU"),
+                                   _openvino_available("fp16", "GPU")),
+        "fp16-npu": PrecisionPath(FP32, _openvino_session("fp16", "NPU"),
+                                  _openvino_available("fp16", "NPU")),
     }
 
 
-def _openvino_session(precision: str) -> SessionFactory:
+def _openvino_session(precision: str, device: str = "CPU") -> SessionFactory:
     def session(path: Path, config: SessionConfig, digest: str) -> LoadedSession:
         from inference.openvino_engine import create_openvino_session
 
@@ -99,17 +104,19 @@ def _openvino_session(precision: str) -> SessionFactory:
         threads = config.threads()
         return create_openvino_session(path, precision, threads, digest,
                                        streams=max(1, usable_cores() // threads),
-                                       cache_dir=openvino_cache(config))
+                                       cache_dir=openvino_cache(config), device=device)
 
     return session
 
 
-def _openvino_available(precision: str) -> Callable[[SessionConfig], bool]:
+def _openvino_available(precision: str, device: str = "CPU") -> Callable[[SessionConfig], bool]:
     def available(config: SessionConfig) -> bool:
         if not config.openvino or first_provider(config) != "cpu":
             return False
-        from inference.openvino_engine import available_precisions
+        from inference.openvino_engine import accelerators, available_precisions
 
+        if device != "CPU":  # an Intel GPU or NPU this node has
+            return any(d.split(".")[0] == device for d in accelerators())
         return precision in available_precisions()  # bf16 only on a CPU that computes it
 
     return available

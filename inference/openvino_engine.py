@@ -34,7 +34,11 @@ log = logging.getLogger(__name__)
 
 PROVIDER = "openvino"  # LoadedSession.provider of a session built here
 # Our precision names -> OpenVINO's INFERENCE_PRECISION_HINT values.
-PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+CPU = "CPU"
+# The accelerators OpenVINO drives besides the CPU: Intel integrated/discrete GPUs and NPUs.
+# Both compute in fp16 (the NPU in fp16 or lower whatever it is asked: no hint is passed there).
+ACCELERATORS = ("GPU", "NPU")
 INSTALL_HINT = "pip install 'edge-agent[openvino]'"
 
 # OpenVINO element type names -> ONNX Runtime's type strings (what inference.tensor reads).
@@ -131,11 +135,62 @@ def _cpuinfo_has_bf16(cpuinfo: Path) -> bool:
 
 
 def available_precisions() -> list[str]:
-    """The precisions :func:`create_openvino_session` accepts on this node: none without
+    """The precisions :func:`create_openvino_session` accepts on this node's CPU: none without
     OpenVINO, fp32, and bf16 where the CPU has it."""
     if not openvino_available():
         return []
     return ["fp32", "bf16"] if cpu_has_bf16() else ["fp32"]
+
+
+def accelerators() -> list[str]:
+    """The Intel GPUs and NPUs OpenVINO sees on this node ("GPU", "GPU.1", "NPU"...); none
+    without OpenVINO or where a plugin cannot start."""
+    if not openvino_available():
+        return []
+    try:
+        devices = list(_ov_core().available_devices)
+    except Exception as exc:
+        log.warning("OpenVINO devices unreadable", extra={"error": repr(exc)})
+        return []
+    return [d for d in devices if d.split(".")[0] in ACCELERATORS]
+
+
+def compile_config(device: str, precision: str, threads: int, streams: int,
+                   cache_dir: Path | None) -> dict[str, Any]:
+    """OpenVINO's compile settings for one session: on the CPU, ``threads`` per run and
+    ``streams`` runs at once at ``precision``; on a GPU fp16 and ``streams`` runs at once; on
+    an NPU its own precision (it takes no hint)."""
+    kind = device.split(".")[0]
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": streams}
+    if kind == CPU:
+        config["INFERENCE_NUM_THREADS"] = threads * streams
+    if kind != "NPU":
+        config["INFERENCE_PRECISION_HINT"] = PRECISIONS[precision]
+    if cache_dir is not None:
+        config["CACHE_DIR"] = str(cache_dir)
+    return config
+
+
+def _check_device(device: str, precision: str) -> None:
+    kind = device.split(".")[0]
+    if kind == CPU:
+        if precision == "fp16":
+            raise PrecisionUnavailableError("fp16 is an OpenVINO GPU/NPU precision, not a CPU one")
+        if precision == "bf16" and not cpu_has_bf16():
+            raise PrecisionUnavailableError(
+                "this CPU has no bf16 instructions (AVX512-BF16 or AMX): the bf16 path is "
+                "refused (it would run at fp32 under a bf16 name)", {"precision": precision})
+        return
+    if kind not in ACCELERATORS:
+        raise PrecisionUnavailableError(f"OpenVINO device {device!r} is not one of "
+                                        f"{[CPU, *ACCELERATORS]}")
+    if precision != "fp16":
+        raise PrecisionUnavailableError(f"OpenVINO on {device} computes in fp16, not {precision}")
+    seen = accelerators()
+    if device not in seen and not (device == kind and any(d.split(".")[0] == kind
+                                                          for d in seen)):
+        raise PrecisionUnavailableError(f"this node has no OpenVINO device {device}",
+                                        {"devices": seen})
 
 
 @dataclass(frozen=True)
@@ -240,8 +295,11 @@ def _metadata(model: Any) -> dict[str, str]:
 
 
 def create_openvino_session(path: Path, precision: str, threads: int, digest: str,
-                            streams: int = 1, cache_dir: Path | None = None) -> LoadedSession:
-    """``path`` compiled by OpenVINO for this CPU at ``precision`` ("fp32" or "bf16").
+                            streams: int = 1, cache_dir: Path | None = None,
+                            device: str = CPU) -> LoadedSession:
+    """``path`` compiled by OpenVINO for ``device`` at ``precision``: this CPU at "fp32" or
+    "bf16", an Intel GPU or NPU (``device`` "GPU", "NPU", as :func:`accelerators` names them)
+    at "fp16".
 
     ``threads`` per run (as ``intra_op_threads``; 0: the cores this process may use);
     ``streams`` runs that may go at once at that width (OpenVINO's NUM_STREAMS: the compiled
@@ -257,27 +315,21 @@ def create_openvino_session(path: Path, precision: str, threads: int, digest: st
     if threads < 1 or streams < 1:
         raise ValueError(f"threads must be >= 0 and streams >= 1, got {threads} and {streams}")
     core = _ov_core()
-    if precision == "bf16" and not cpu_has_bf16():
-        raise PrecisionUnavailableError(
-            "this CPU has no bf16 instructions (AVX512-BF16 or AMX): the bf16 path is refused "
-            "(it would run at fp32 under a bf16 name)", {"precision": precision})
+    _check_device(device, precision)
     hint = PRECISIONS[precision]
     try:
         model = core.read_model(str(path))
-        config: dict[str, Any] = {
-            "PERFORMANCE_HINT": "LATENCY",
-            "NUM_STREAMS": streams,
-            "INFERENCE_NUM_THREADS": threads * streams,
-            "INFERENCE_PRECISION_HINT": hint,
-        }
         if cache_dir is not None:
             cache_dir.mkdir(parents=True, exist_ok=True)
-            config["CACHE_DIR"] = str(cache_dir)
-        compiled = core.compile_model(model, "CPU", config)
+        compiled = core.compile_model(
+            model, device, compile_config(device, precision, threads, streams, cache_dir))
     except Exception as exc:  # OpenVINO raises plain RuntimeErrors for unreadable graphs
-        raise ModelLoadError(f"OpenVINO cannot load {path.name}: {exc}", str(path)) from exc
-    # What the plugin really computes in (it may override a hint it cannot honour).
-    got = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        raise ModelLoadError(f"OpenVINO cannot load {path.name} on {device}: {exc}",
+                             str(path)) from exc
+    # What the plugin really computes in (it may override a hint it cannot honour); an NPU
+    # is given none and says none.
+    got = hint if device.split(".")[0] == "NPU" else \
+        compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
     if got != hint:
         raise PrecisionUnavailableError(
             f"OpenVINO compiled {path.name} at {got}, not the {precision} asked for",

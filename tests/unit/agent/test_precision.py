@@ -219,3 +219,19 @@ def test_the_openvino_paths_are_offered_only_where_enabled_on_a_cpu_node(monkeyp
     monkeypatch.undo()
     monkeypatch.setattr(engine, "openvino_available", lambda: False)
     assert not paths["fp32-openvino"].available(on_cpu)  # not installed
+
+
+def test_an_intel_gpu_or_npu_path_is_offered_only_where_openvino_sees_the_device(monkeypatch):
+    """No Intel GPU or NPU here: the device list is what OpenVINO would answer on a node that
+    has an integrated GPU."""
+    import inference.openvino_engine as engine
+
+    monkeypatch.setattr(engine, "openvino_available", lambda: True)
+    monkeypatch.setattr(engine, "accelerators", lambda: ["GPU.0"])
+    paths = precision_paths()
+    on_cpu = SessionConfig(providers=("cpu",), openvino=True)
+    assert paths["fp16-igpu"].available(on_cpu)
+    assert not paths["fp16-npu"].available(on_cpu)
+    assert not paths["fp16-igpu"].available(SessionConfig(providers=("cpu",)))  # not enabled
+    monkeypatch.setattr(engine, "accelerators", lambda: [])
+    assert not paths["fp16-igpu"].available(on_cpu)

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -274,3 +275,33 @@ print("declined")
                               text=True, timeout=120, check=False)
         assert done.returncode == 0, done.stderr[-2000:]
         assert "declined" in done.stdout
+
+
+def test_compile_settings_per_device():
+    """No Intel GPU or NPU on the machines that run the tests: what each device is asked for
+    is checked here, the device paths themselves run only where the device is."""
+    cpu = openvino_engine.compile_config("CPU", "bf16", 2, 3, None)
+    assert cpu == {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 3, "INFERENCE_NUM_THREADS": 6,
+                   "INFERENCE_PRECISION_HINT": "bf16"}
+    gpu = openvino_engine.compile_config("GPU.1", "fp16", 2, 1, Path("/var/cache/ov"))
+    assert gpu == {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+                   "INFERENCE_PRECISION_HINT": "f16", "CACHE_DIR": "/var/cache/ov"}
+    npu = openvino_engine.compile_config("NPU", "fp16", 2, 1, None)
+    assert npu == {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+
+
+def test_a_device_this_node_lacks_or_a_precision_it_cannot_compute_is_refused(ov, monkeypatch):
+    with pytest.raises(PrecisionUnavailableError, match="no OpenVINO device GPU"):
+        create_openvino_session(DEFECTS, "fp16", 2, "d", device="GPU")  # none here
+    with pytest.raises(PrecisionUnavailableError, match="not a CPU one"):
+        create_openvino_session(DEFECTS, "fp16", 2, "d")
+    with pytest.raises(PrecisionUnavailableError, match="computes in fp16"):
+        create_openvino_session(DEFECTS, "bf16", 2, "d", device="NPU")
+    with pytest.raises(PrecisionUnavailableError, match="not one of"):
+        create_openvino_session(DEFECTS, "fp16", 2, "d", device="FPGA")
+    # A node with two Intel GPUs: "GPU" (the default one) and "GPU.1" pass the check.
+    monkeypatch.setattr(openvino_engine, "accelerators", lambda: ["GPU.0", "GPU.1"])
+    openvino_engine._check_device("GPU", "fp16")
+    openvino_engine._check_device("GPU.1", "fp16")
+    with pytest.raises(PrecisionUnavailableError, match="no OpenVINO device NPU"):
+        openvino_engine._check_device("NPU", "fp16")
