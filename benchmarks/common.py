@@ -42,6 +42,14 @@ def machine() -> dict[str, str]:
     }
 
 
+def write_report(text: str, out: Path) -> None:
+    """A report: written to ``out`` and printed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(text)
+    print(f"written: {out}")
+
+
 async def post_once(http: aiohttp.ClientSession, url: str, data: bytes) -> float:
     """Seconds for one detect request; anything but 200 is an error."""
     t0 = time.perf_counter()

@@ -95,14 +95,20 @@ async def start(variants: list[Variant], workdir: Path) -> None:
         await v.daemon.wait_ready(timeout=300)
 
 
+def detect_measures(http: aiohttp.ClientSession, variants: list[Variant],
+                    data: bytes) -> dict[str, Measure]:
+    """One detect request of ``data`` to each started variant's daemon, by variant name."""
+    measures: dict[str, Measure] = {}
+    for v in variants:
+        assert v.daemon is not None
+        url = v.daemon.url + "/v1/models/m/detect"
+        measures[v.name] = functools.partial(post_once, http, url, data)
+    return measures
+
+
 async def single_stream(variants: list[Variant], data: bytes, rounds: int) -> None:
     async with aiohttp.ClientSession() as http:
-        measures: dict[str, Measure] = {}
-        for v in variants:
-            assert v.daemon is not None
-            url = v.daemon.url + "/v1/models/m/detect"
-            measures[v.name] = functools.partial(post_once, http, url, data)
-        out = await interleaved_blocks(measures, rounds)
+        out = await interleaved_blocks(detect_measures(http, variants, data), rounds)
     for v in variants:
         v.single = out[v.name]
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
 
-from benchmarks.common import DEFAULT_FRAME, RESULTS, machine
+from benchmarks.common import DEFAULT_FRAME, RESULTS, machine, write_report
 from benchmarks.single import Peer, find_peer
 from inference import SessionConfig, YoloV8Detector, file_digest
 from inference.agreement import detection_agreement
@@ -259,9 +259,5 @@ def main(args: argparse.Namespace) -> int:
             result.rows.append(peer_row(name, model, frame, imgsz, args.rounds, python))
     info = machine()
     text = render(result, info, threads, args.rounds)
-    out = args.out or RESULTS / f"{info['date']}-{info['host'] or 'host'}-paths.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(text)
-    print(f"written: {out}")
+    write_report(text, args.out or RESULTS / f"{info['date']}-{info['host'] or 'host'}-paths.md")
     return 0

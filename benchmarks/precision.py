@@ -37,7 +37,7 @@ from typing import Any
 import aiohttp
 
 from benchmarks import cold_start, compare, paths
-from benchmarks.common import DEFAULT_FRAME, JPEG, RESULTS, machine, post_once
+from benchmarks.common import DEFAULT_FRAME, JPEG, RESULTS, machine, write_report
 from benchmarks.load import RETRY_AFTER, Load, closed_loop
 from benchmarks.precision_report import (
     FP32,
@@ -50,7 +50,7 @@ from benchmarks.precision_report import (
 )
 from benchmarks.report import target_table
 from benchmarks.saturation import closed_loop_step
-from benchmarks.single import Measure, Peer, find_peer, interleaved_blocks
+from benchmarks.single import Peer, find_peer, interleaved_blocks
 from inference import SessionConfig, YoloV8Detector
 from inference.bundled import BUNDLE_ROOT
 from inference.letterbox import to_input
@@ -184,11 +184,7 @@ async def measure_case(case: ModelCase, threads: int, rounds: int, step_s: float
                 row.note = "the QDQ file as a model configured by `path` (no gate)"
         print(f"{case.name}: single stream, interleaved ...", flush=True)
         async with aiohttp.ClientSession() as http:
-            measures: dict[str, Measure] = {}
-            for v in variants:
-                assert v.daemon is not None
-                url = v.daemon.url + "/v1/models/m/detect"
-                measures[v.name] = functools.partial(post_once, http, url, data)
+            measures = compare.detect_measures(http, variants, data)
             if peer is not None:
                 measures[PEER] = functools.partial(asyncio.to_thread, peer.ask, "go")
             single = await interleaved_blocks(measures, rounds)
@@ -375,9 +371,6 @@ def main(args: argparse.Namespace) -> int:
         *render_section(result, cameras, args.step_s, args.settle_s), "",
         *target_table(targets(result)),
     ]) + "\n"
-    out = args.out or RESULTS / f"{info['date']}-{info['host'] or 'host'}-precision.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(text)
-    print(f"written: {out}")
+    host = info["host"] or "host"
+    write_report(text, args.out or RESULTS / f"{info['date']}-{host}-precision.md")
     return 0

@@ -144,3 +144,13 @@ async def first_sync_done(client: Any) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the first model sync did not finish")
+
+
+def assert_follows_the_rule(choice: dict, max_drop: float) -> None:
+    """What serves is the fastest measured path within ``max_drop`` of fp32's score."""
+    variants = choice["variants"]
+    fp32 = variants["fp32"]["score"]
+    qualified = {p: v for p, v in variants.items()
+                 if "error" not in v and fp32 - v["score"] <= max_drop + 1e-9}
+    fastest = min(qualified, key=lambda p: (qualified[p]["median_ms"], p != "fp32", p))
+    assert choice["serving"] == fastest, choice

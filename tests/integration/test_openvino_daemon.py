@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import aiohttp
 import numpy as np
+from lifecycle_helpers import assert_follows_the_rule
 from support import Daemon, require
 
 from inference.bundled import BUNDLE_ROOT, read_bundle
@@ -51,17 +52,6 @@ async def test_bundled_models_served_on_openvino(tmp_path):
     assert int(np.argmax(outputs["state_probs"])) == 3
 
 
-def follows_the_rule(choice: dict, max_drop: float) -> None:
-    """What serves is the fastest measured path within ``max_drop`` of fp32's score (the node's
-    own measurements: no timing is asserted here)."""
-    variants = choice["variants"]
-    fp32 = variants["fp32"]["score"]
-    qualified = {p: v for p, v in variants.items()
-                 if "error" not in v and fp32 - v["score"] <= max_drop + 1e-9}
-    fastest = min(qualified, key=lambda p: (qualified[p]["median_ms"], p != "fp32", p))
-    assert choice["serving"] == fastest, choice
-
-
 async def detect_ok(client) -> dict:
     frame = (DEFECTS.golden_path / "001.jpg").read_bytes()
     resp = await client.post("/v1/models/defects/detect", data=frame,
@@ -94,7 +84,7 @@ async def test_openvino_paths_join_the_precision_gate_where_enabled(
     # OpenVINO at fp32 scores what ONNX Runtime does, to rounding.
     assert abs(choice["variants"]["fp32-openvino"]["score"]
                - choice["variants"]["fp32"]["score"]) < 1e-3, choice
-    follows_the_rule(choice, 0.01)
+    assert_follows_the_rule(choice, 0.01)
     assert defects["precision"] == choice["serving"]
     assert defects["provider"] == ("openvino" if choice["serving"] != "fp32" else "cpu")
     text = await (await client.get("/metrics/summary")).text()

@@ -22,6 +22,7 @@ from lifecycle_helpers import (
     AUTH,
     DEFECTS,
     FUSION,
+    assert_follows_the_rule,
     cache_import,
     defects_onnx,
     first_sync_done,
@@ -97,16 +98,6 @@ async def sync(client) -> str:
     resp = await client.post("/v1/admin/sync", headers=AUTH)
     assert resp.status == 200
     return next(iter((await resp.json())["report"].values()))
-
-
-def assert_follows_the_rule(choice: dict, max_drop: float) -> None:
-    """What serves is the fastest measured path within ``max_drop`` of fp32's score."""
-    variants = choice["variants"]
-    fp32 = variants["fp32"]["score"]
-    qualified = {p: v for p, v in variants.items()
-                 if "error" not in v and fp32 - v["score"] <= max_drop + 1e-9}
-    fastest = min(qualified, key=lambda p: (qualified[p]["median_ms"], p != "fp32", p))
-    assert choice["serving"] == fastest, choice
 
 
 def test_pack_int8_writes_a_quantised_variant_scored_like_any_version(packed):
