@@ -166,7 +166,8 @@ async def load_version(
     config = session_config(settings)
     nice = settings.runtime.worker_nice
     cores = config.threads()
-    provider = first_provider(config)
+    # (in a thread: asking for OpenVINO imports it, which takes a second and more)
+    provider = await asyncio.to_thread(first_provider, config)
     layout = choose_layout(settings.runtime.thread_layout, provider, cores)
     if layout is not None:  # one session, as many inference threads as the layout has
         config = dataclasses.replace(config, intra_op_threads=layout.intra_op_threads)

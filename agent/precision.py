@@ -433,7 +433,7 @@ async def select(
         why = ""
         if path is None or path.file not in by_precision:
             why = f"pinned {pin}, but this version has no {pin} variant: fp32 serves"
-        elif not path.available(config):
+        elif not await asyncio.to_thread(path.available, config):
             why = f"pinned {pin}, but this node cannot run it: fp32 serves"
         if why:
             log.warning("pinned precision unavailable", extra={"model": model, "reason": why})
@@ -442,7 +442,10 @@ async def select(
             return Selected(by_precision[paths[pin].file], paths[pin], PrecisionChoice(
                 pin, f"{pin}: pinned by the model's precision setting"
                 + ("" if pin == FP32 else "; no golden set to verify it against"), pinned))
-    runnable = {n: p for n, p in paths.items() if p.file in by_precision and p.available(config)}
+    # (in a thread: asking whether OpenVINO runs here imports it, a second and more)
+    runnable = await asyncio.to_thread(
+        lambda: {n: p for n, p in paths.items()
+                 if p.file in by_precision and p.available(config)})
     if set(runnable) == {FP32}:
         return fallback("fp32: the version has no other precision this node can run")
     if golden is None:

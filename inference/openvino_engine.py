@@ -69,8 +69,9 @@ _core_lock = threading.Lock()
 
 def _openvino() -> ModuleType:
     """The ``openvino`` module, or a clear error naming the extra to install."""
-    if "openvino" in sys.modules:
-        return sys.modules["openvino"]
+    imported = sys.modules.get("openvino")
+    if imported is not None:
+        return imported
     # Importing openvino sends a usage event to Google Analytics (from a forked child, killed
     # after 3 s where DNS does not answer) unless it believes it runs in CI. A factory node
     # must not phone home: it is told so for the import, when its telemetry decides, and the

@@ -17,6 +17,7 @@ from inference.cpu import usable_cores
 from inference.errors import ModelLoadError, ProviderUnavailableError
 from inference.providers import (
     OPENVINO_RUNTIME,
+    OpenVINOProvider,
     ProviderContext,
     default_providers,
     resolve_chain,
@@ -99,11 +100,11 @@ def create_session(model: Path, config: SessionConfig, digest: str | None = None
     except OSError as exc:
         raise ModelLoadError(f"cannot read model {model}: {exc.strerror}", str(model)) from exc
     known = default_providers()
-    chain = resolve_chain(config.providers, available_providers(), known)
+    chain = resolve_chain(config.providers, available_providers(config.providers), known)
     if not chain:
         raise ProviderUnavailableError(
             f"none of the execution providers {list(config.providers)} is available",
-            {"available": available_providers()},
+            {"available": available_providers(config.providers)},
         )
     if chain[0].name == "openvino":
         # Not an ORT provider: the OpenVINO runtime builds the whole session (at fp32: the
@@ -126,7 +127,7 @@ def create_session(model: Path, config: SessionConfig, digest: str | None = None
     if not chain:
         raise ProviderUnavailableError(
             f"none of the execution providers {list(config.providers)} is available",
-            {"available": available_providers()},
+            {"available": available_providers(config.providers)},
         )
     ctx = ProviderContext(
         model_digest=digest,
@@ -178,11 +179,16 @@ def create_session(model: Path, config: SessionConfig, digest: str | None = None
     )
 
 
-def available_providers() -> list[str]:
-    """ONNX Runtime's available providers, plus the OpenVINO runtime where it is installed."""
+def available_providers(requested: tuple[str, ...] | list[str]) -> list[str]:
+    """ONNX Runtime's available providers, plus the OpenVINO runtime where the chain asks for
+    it and it is installed. Only then: importing OpenVINO takes a second and more, and a
+    daemon that did not ask for it must not pay that (nor hold the GIL that long) at start."""
+    available = ort.get_available_providers()
+    if OpenVINOProvider.name not in requested:
+        return available
     from inference.openvino_engine import openvino_available
 
-    return ort.get_available_providers() + ([OPENVINO_RUNTIME] if openvino_available() else [])
+    return available + ([OPENVINO_RUNTIME] if openvino_available() else [])
 
 
 def openvino_cache(config: SessionConfig) -> Path | None:
@@ -194,7 +200,8 @@ def openvino_cache(config: SessionConfig) -> Path | None:
 def first_provider(config: SessionConfig) -> str:
     """The provider a session built with ``config`` tries first ("cpu" where nothing else of
     its chain is available)."""
-    chain = resolve_chain(config.providers, available_providers(), default_providers())
+    chain = resolve_chain(config.providers, available_providers(config.providers),
+                          default_providers())
     return chain[0].name if chain else ""
 
 

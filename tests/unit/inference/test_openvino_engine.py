@@ -305,3 +305,22 @@ def test_a_device_this_node_lacks_or_a_precision_it_cannot_compute_is_refused(ov
     openvino_engine._check_device("GPU.1", "fp16")
     with pytest.raises(PrecisionUnavailableError, match="no OpenVINO device NPU"):
         openvino_engine._check_device("NPU", "fp16")
+
+
+def test_a_chain_without_openvino_never_imports_it():
+    """Importing OpenVINO takes a second and more with the GIL held (an emulated softdog guest
+    missed its watchdog over it): a node that did not ask for it must not import it, even with
+    it installed. In a fresh interpreter."""
+    script = """
+import sys
+from inference.session import SessionConfig, create_session, first_provider
+config = SessionConfig(providers=("tensorrt", "cuda", "cpu"), intra_op_threads=1)
+assert first_provider(config) == "cpu"
+create_session(__import__("pathlib").Path(sys.argv[1]), config)
+assert "openvino" not in sys.modules, "imported"
+print("not imported")
+"""
+    done = subprocess.run([sys.executable, "-c", script, str(DEFECTS)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "not imported" in done.stdout
