@@ -133,11 +133,14 @@ class ModelService:
         return record
 
     def revise(self, record: VersionRecord, **changes: Any) -> VersionRecord | None:
-        """Publish a copy of ``record`` with ``changes`` (rollout, source, score) if it is
-        still the active one; None if another version replaced it meanwhile."""
-        if self.models[record.model].active is not record:
+        """Publish the active record with ``changes`` (rollout, source, score) if ``record``'s
+        version (its queue) is still the active one; None if another version replaced it
+        meanwhile. The changes apply to the record as published now: a score measured while a
+        sync re-published the version with its rollout keeps both."""
+        current = self.models[record.model].active
+        if current is None or current.batcher is not record.batcher:
             return None
-        return self.publish(dataclasses.replace(record, **changes))
+        return self.publish(dataclasses.replace(current, **changes))
 
     def active(self) -> list[VersionRecord]:
         return [m.active for m in self.models.values() if m.active is not None]
