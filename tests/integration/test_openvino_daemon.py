@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import aiohttp
 import numpy as np
+import pytest
 from lifecycle_helpers import assert_follows_the_rule
 from support import Daemon, require
 
@@ -12,6 +13,9 @@ from inference.bundled import BUNDLE_ROOT, read_bundle
 from inference.evaluation import ScoredBox
 from inference.golden import load_detection_golden, score_detections
 from inference.openvino_engine import openvino_available
+
+# slow: OpenVINO compiles per daemon, about half a minute (once per CI run, not on 3.10)
+pytestmark = pytest.mark.slow
 
 DEFECTS = read_bundle(BUNDLE_ROOT / "defects")
 

@@ -34,7 +34,8 @@ from lifecycle_helpers import (
 )
 from onnx import numpy_helper
 
-pytestmark = pytest.mark.timeout(300)
+# slow: packing, quantising, several daemons: a minute (once per CI run, not on 3.10)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
 
 def sha256(path: Path) -> str:
