@@ -21,6 +21,7 @@ from agent.metrics.accelerators import open_probes
 from agent.metrics.recorder import Recorder
 from agent.models.cache import ModelCache
 from agent.models.sync_setup import build_syncer, sync_after, use_last_known_good
+from agent.pools import io_threads, prestart
 from agent.service import ModelService
 from agent.settings import Settings
 from agent.shutdown import Shutdown, signal_ctx
@@ -36,6 +37,7 @@ def create_app(settings: Settings, *, handle_signals: bool = False) -> web.Appli
     app = web.Application(middlewares=[metrics.metrics_middleware, error_middleware])
     app[keys.SETTINGS] = settings
     app[keys.SHUTDOWN] = Shutdown()
+    app.cleanup_ctx.append(_io_pool_ctx)
     app.cleanup_ctx.append(_prepost_pool_ctx)
     app.cleanup_ctx.append(_loop_monitor_ctx)
     app.cleanup_ctx.append(_metrics_ctx)
@@ -71,14 +73,27 @@ def create_app(settings: Settings, *, handle_signals: bool = False) -> web.Appli
     return app
 
 
+async def _io_pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    # The loop's default executor (``asyncio.to_thread``: disk I/O, downloads, golden scoring),
+    # started in full. The loop shuts it down when it closes, after every cleanup here has run
+    # (a cleanup may still need it).
+    pool = ThreadPoolExecutor(io_threads(), thread_name_prefix="io")
+    prestart(pool, io_threads())
+    asyncio.get_running_loop().set_default_executor(pool)
+    app[keys.IO_POOL] = pool
+    yield
+
+
 async def _prepost_pool_ctx(app: web.Application) -> AsyncIterator[None]:
     runtime = app[keys.SETTINGS].runtime
+    threads = runtime.preprocess_threads or usable_cores()
     pool = ThreadPoolExecutor(
-        runtime.preprocess_threads or usable_cores(),
+        threads,
         thread_name_prefix="prepost",
         initializer=lower_thread_priority,
         initargs=(runtime.worker_nice,),
     )
+    prestart(pool, threads)
     app[keys.PREPOST_POOL] = pool
     yield
     pool.shutdown(wait=True, cancel_futures=True)

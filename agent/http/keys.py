@@ -19,6 +19,8 @@ from agent.shutdown import Shutdown
 from agent.watchdog.supervisor import Supervisor
 
 SETTINGS = web.AppKey("settings", Settings)
+# The loop's default executor (asyncio.to_thread), all its threads started up front.
+IO_POOL = web.AppKey("io_pool", ThreadPoolExecutor)
 # Decoding, letterboxing and NMS of frames, and parsing large OIP bodies: off the event loop.
 PREPOST_POOL = web.AppKey("prepost_pool", ThreadPoolExecutor)
 SERVICE = web.AppKey("service", ModelService)
