@@ -85,6 +85,18 @@ class FifoReader(threading.Thread):
                 self.data += chunk
 
 
+def kustomize(folder: Path) -> list[dict]:
+    """The documents a kustomization renders to (kubectl's built-in kustomize)."""
+    import yaml
+
+    kubectl = shutil.which("kubectl")
+    require(kubectl is not None, "kubectl (kustomize)")
+    assert kubectl is not None
+    out = subprocess.run([kubectl, "kustomize", str(folder)], capture_output=True, text=True,
+                         check=True).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
 def find_tool(name: str) -> str | None:
     """A command on PATH, or installed by pip beside this interpreter (a venv not on PATH)."""
     beside = Path(sys.executable).parent / name

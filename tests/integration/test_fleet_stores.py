@@ -11,6 +11,7 @@ bad input) goes through a real, empty Prometheus.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -25,8 +26,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import free_port, require, stop_process
+from support import free_port, kustomize, require, stop_process
 
+from agent.cli import build_parser
 from agent.fleet.manifest_store import ConfigMapStore, ConflictError, StoreError, open_store
 
 pytestmark = pytest.mark.integration
@@ -45,8 +47,10 @@ models:
 class FakeKubernetes(ThreadingHTTPServer):
     """One ConfigMap, as the API server keeps it; every request recorded."""
 
-    def __init__(self) -> None:
+    def __init__(self, namespace: str = "edge-agent", name: str = "fleet") -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
+        self.namespace, self.name = namespace, name
+        self.path = f"/api/v1/namespaces/{namespace}/configmaps/{name}"
         self.lock = threading.Lock()
         self.version = 41
         self.data = {"fleet.yaml": MANIFEST, "other": "kept"}
@@ -54,7 +58,7 @@ class FakeKubernetes(ThreadingHTTPServer):
 
     def obj(self) -> dict:
         return {"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": "fleet", "namespace": "edge-agent",
+                "metadata": {"name": self.name, "namespace": self.namespace,
                              "resourceVersion": str(self.version)},
                 "data": dict(self.data)}
 
@@ -87,7 +91,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.requests.append(("GET", self.path, "", {}))
         if not self._authorised():
             return
-        if self.path.split("?")[0] != PATH:
+        if self.path.split("?")[0] != self.server.path:
             self._status(404, "NotFound", "configmaps not found")
             return
         with self.server.lock:
@@ -114,9 +118,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, self.server.obj())
 
 
-@pytest.fixture
-def kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKubernetes]:
-    server = FakeKubernetes()
+@contextlib.contextmanager
+def fake_kubernetes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                    **where: str) -> Iterator[FakeKubernetes]:
+    server = FakeKubernetes(**where)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     kubeconfig = tmp_path / "kubeconfig"
@@ -133,6 +138,12 @@ def kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKubern
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKubernetes]:
+    with fake_kubernetes(tmp_path, monkeypatch) as server:
+        yield server
 
 
 def test_the_configmap_store_reads_and_patches_with_its_resource_version(kube):
@@ -247,6 +258,43 @@ class _ManifestServer(BaseHTTPRequestHandler):
         cls.body, cls.etag = data, f'"{int(cls.etag.strip(chr(34))) + 1}"'
         self.send_response(204)
         self.end_headers()
+
+
+VERBS = {"GET": "get", "PATCH": "patch", "PUT": "update", "POST": "create", "DELETE": "delete"}
+
+
+def test_the_controllers_role_allows_exactly_the_requests_its_deployment_makes(
+    tmp_path, monkeypatch, empty_prometheus
+):
+    """k3s/fleet's Deployment, run as written (its args, against the fake API), makes only
+    requests its Role grants, and its Role grants nothing it does not use."""
+    docs = kustomize(Path(__file__).resolve().parents[2] / "k3s" / "fleet")
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    (role,) = [d for d in docs if d["kind"] == "Role"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    args = list(container["args"])
+    args[args.index("--prometheus") + 1] = empty_prometheus
+    parsed = build_parser().parse_args(args)
+    namespace, name = parsed.manifest.removeprefix("configmap://").split("/")[:2]
+    with fake_kubernetes(tmp_path, monkeypatch, namespace=namespace, name=name) as kube:
+        cli = [sys.executable, "-m", "agent", *args]
+        cli[cli.index("run")] = "step"  # one pass of what `run` repeats
+        cli = cli[:cli.index("--interval")]
+        for extra in (["--dry-run"], []):
+            done = subprocess.run(cli + extra, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr
+        assert yaml.safe_load(kube.data["fleet.yaml"])["status"]["fusion"]["phase"] == "canary"
+        used = set()
+        for method, path, _, _ in kube.requests:
+            parts = path.split("?")[0].split("/")  # /api/v1/namespaces/NS/configmaps/NAME
+            assert parts[1:4] == ["api", "v1", "namespaces"], path
+            used.add(("", parts[5], parts[4], parts[6], VERBS[method]))
+    assert role["metadata"]["namespace"] == namespace
+    granted = {("", resource, namespace, resource_name, verb)
+               for rule in role["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"] for resource_name in rule["resourceNames"]
+               for verb in rule["verbs"] if group == ""}
+    assert used == granted, (used, granted)
 
 
 def test_the_url_store_puts_with_if_match_and_loses_a_race_cleanly():

@@ -31,6 +31,7 @@ REQUIREMENTS = PROJECT / "requirements"
 LOCKS = {
     "cpu.lock": ["cpu"],
     "gpu.lock": ["gpu"],
+    "fleet.lock": ["cpu", "fleet"],
     "test.lock": ["cpu", "test"],
     "test-gpu.lock": ["gpu", "test"],
 }
@@ -143,8 +144,10 @@ def test_each_lock_has_exactly_one_onnxruntime_flavour(lock, extras):
 def test_the_images_and_the_test_command_install_from_the_locks():
     cpu = (PROJECT / "docker" / "Dockerfile").read_text()
     assert "ARG EXTRA=cpu" in cpu
-    assert "COPY requirements/${EXTRA}.lock" in cpu
-    assert '-c "/wheels/${EXTRA}.lock"' in cpu
+    assert "ARG LOCK=${EXTRA}" in cpu  # the fleet controller's image: EXTRA=cpu,fleet LOCK=fleet
+    assert "COPY requirements/${LOCK}.lock" in cpu
+    assert '-c "/wheels/${LOCK}.lock"' in cpu
+    assert '"$(ls /wheels/edge_agent-*.whl)[${EXTRA}]"' in cpu
     gpu = (PROJECT / "docker" / "Dockerfile.gpu").read_text()
     assert "COPY requirements/gpu.lock" in gpu
     assert '-c /wheels/gpu.lock "$(ls /wheels/edge_agent-*.whl)[gpu]"' in gpu

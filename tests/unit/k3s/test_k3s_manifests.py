@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from support import find_tool, require
+from support import find_tool, kustomize, require
 
+from agent.cli import build_parser
 from agent.http.app import create_app
 from agent.settings import Settings
 from agent.settings_loader import load_settings
@@ -19,12 +19,7 @@ OVERLAYS = ("cpu", "gpu")
 
 
 def render(overlay: str) -> list[dict]:
-    kubectl = shutil.which("kubectl")
-    require(kubectl is not None, "kubectl (kustomize)")
-    assert kubectl is not None
-    out = subprocess.run([kubectl, "kustomize", str(ROOT / "k3s" / "overlays" / overlay)],
-                         capture_output=True, text=True, check=True).stdout
-    return [doc for doc in yaml.safe_load_all(out) if doc]
+    return kustomize(ROOT / "k3s" / "overlays" / overlay)
 
 
 def one(docs: list[dict], kind: str, name: str | None = None) -> dict:
@@ -33,13 +28,13 @@ def one(docs: list[dict], kind: str, name: str | None = None) -> dict:
     return found
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_every_overlay_passes_kubernetes_validate_strict(overlay, tmp_path):
+@pytest.mark.parametrize("folder", [f"overlays/{o}" for o in OVERLAYS] + ["fleet"])
+def test_every_kustomization_passes_kubernetes_validate_strict(folder, tmp_path):
     tool = find_tool("kubernetes-validate")
     require(tool is not None, "kubernetes-validate (pip)")
     assert tool is not None
-    rendered = tmp_path / f"{overlay}.yaml"
-    rendered.write_text(yaml.safe_dump_all(render(overlay)))
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(yaml.safe_dump_all(kustomize(ROOT / "k3s" / folder)))
     result = subprocess.run([tool, "-k", "1.30.0", "--strict", str(rendered)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -106,3 +101,40 @@ def test_dockerfiles_are_hadolint_clean():
                                 capture_output=True, text=True)
         assert result.returncode == 0, result.stdout
         assert result.stdout == ""
+
+
+def test_the_fleet_controller_runs_the_cli_on_the_nodes_manifest_off_the_edge():
+    docs = kustomize(ROOT / "k3s" / "fleet")
+    nodes = render("cpu")
+    deployment = one(docs, "Deployment")
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["command"] == ["/opt/edge-agent/bin/edge-agent"]
+    args = build_parser().parse_args(container["args"])  # what the real CLI makes of them
+    assert (args.command, args.fleet_command) == ("fleet", "run")
+    # It patches the ConfigMap the nodes mount as their manifest, in their namespace.
+    fleet_map = one(nodes, "ConfigMap", "edge-agent-fleet")
+    (key,) = fleet_map["data"]
+    namespace = fleet_map["metadata"]["namespace"]
+    assert args.manifest in (f"configmap://{namespace}/edge-agent-fleet",
+                             f"configmap://{namespace}/edge-agent-fleet/{key}")
+    assert {d["metadata"]["namespace"] for d in docs} == {namespace}
+    # Least privilege: get and patch of that one ConfigMap, for the pod's own account.
+    role = one(docs, "Role")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"],
+                              "resourceNames": ["edge-agent-fleet"], "verbs": ["get", "patch"]}]
+    binding = one(docs, "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "namespace": namespace,
+                                    "name": spec["serviceAccountName"]}]
+    assert one(docs, "ServiceAccount")["automountServiceAccountToken"] is True
+    # The cloud side: never scheduled on a KubeEdge edge node; one at a time; no root.
+    (term,) = spec["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert term["matchExpressions"] == [{"key": "node-role.kubernetes.io/edge",
+                                         "operator": "DoesNotExist"}]
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # The image: the CPU image built with the fleet extra (the Kubernetes client).
+    assert container["image"].endswith("-fleet")
