@@ -143,3 +143,13 @@ def edge_agent_image(docker: dict[str, str], base_image: str) -> str:
          "-f", str(ROOT / "docker" / "Dockerfile"), "-t", "edge-agent:test", str(ROOT),
          env=docker)
     return "edge-agent:test"
+
+
+@pytest.fixture(scope="session")
+def fleet_controller_image(docker: dict[str, str], base_image: str) -> str:
+    """``edge-agent:fleet-test``: docker/Dockerfile with the fleet extra, as k3s/fleet runs it."""
+    _run("docker", "build", "--network", "host", "--build-arg", f"BASE_IMAGE={base_image}",
+         "--build-arg", "EXTRA=cpu,fleet", "--build-arg", "LOCK=fleet",
+         "-f", str(ROOT / "docker" / "Dockerfile"), "-t", "edge-agent:fleet-test", str(ROOT),
+         env=docker)
+    return "edge-agent:fleet-test"

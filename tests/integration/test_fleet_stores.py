@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -295,6 +296,31 @@ def test_the_controllers_role_allows_exactly_the_requests_its_deployment_makes(
                for resource in rule["resources"] for resource_name in rule["resourceNames"]
                for verb in rule["verbs"] if group == ""}
     assert used == granted, (used, granted)
+
+
+@pytest.mark.system
+def test_the_fleet_image_steps_a_rollout_as_deployed(
+    docker, fleet_controller_image, tmp_path, monkeypatch, empty_prometheus
+):
+    """The controller's image (docker/Dockerfile, EXTRA=cpu,fleet), run as k3s/fleet runs it
+    (its command, uid 10001, read-only root, no capabilities), takes a rollout's first step
+    through the Kubernetes client it carries."""
+    with fake_kubernetes(tmp_path, monkeypatch, namespace="edge-agent",
+                         name="edge-agent-fleet") as kube:
+        kubeconfig = Path(os.environ["KUBECONFIG"])
+        kubeconfig.chmod(0o644)  # readable by the image's uid
+        done = subprocess.run(
+            ["docker", "run", "--rm", "--network", "host", "--read-only", "--tmpfs", "/tmp",
+             "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+             "-v", f"{kubeconfig}:/kube/config:ro", "-e", "KUBECONFIG=/kube/config",
+             "--entrypoint", "/opt/edge-agent/bin/edge-agent", fleet_controller_image,
+             "fleet", "step", "--prometheus", empty_prometheus,
+             "--manifest", "configmap://edge-agent/edge-agent-fleet"],
+            env={**os.environ, **docker}, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "fusion: step -> 5%" in done.stdout
+        assert [r[0] for r in kube.requests] == ["GET", "PATCH"]
+        assert yaml.safe_load(kube.data["fleet.yaml"])["status"]["fusion"]["percent"] == 5
 
 
 def test_the_url_store_puts_with_if_match_and_loses_a_race_cleanly():
