@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from agent.loading import VersionSpec, load_version
@@ -25,6 +26,11 @@ log = logging.getLogger(__name__)
 
 class SwapRejectedError(EdgeError):
     """The candidate version did not load, warm up or pass validation: the old one serves on."""
+
+
+class CandidateWithdrawnError(EdgeError):
+    """Between the decision to swap and the swap, the candidate was rolled back or refused
+    (a bake's rollback holds the swap lock while it records that): it is not loaded."""
 
 
 @dataclass(frozen=True)
@@ -55,14 +61,19 @@ class Swapper:
         return self._locks.setdefault(name, asyncio.Lock())
 
     async def swap(self, name: str, spec: VersionSpec, gate: Gate, rollout: str,
-                   keep_previous: bool = False, trial: BakePolicy | None = None
+                   keep_previous: bool = False, trial: BakePolicy | None = None,
+                   withdrawn: Callable[[], Awaitable[bool]] | None = None,
                    ) -> tuple[VersionRecord, VersionRecord | None]:
         """Returns the candidate's record as published (its golden-set score, its gate) and
         the record it replaced. ``keep_previous``: that one is not drained but left loaded
         (the caller owns it: a bake keeps it as the shadow and the way back). ``trial``: the
         candidate is shadowed on live frames before it takes over (:mod:`agent.models.trial`)
-        when a version is running."""
+        when a version is running. ``withdrawn``: asked once the lock is held; True raises
+        :class:`CandidateWithdrawnError` (the caller's check, before it waited, may be stale)."""
         async with self.lock(name):
+            if withdrawn is not None and await withdrawn():
+                raise CandidateWithdrawnError(
+                    f"version {spec.version} of {name!r} was rolled back or refused meanwhile")
             return await self._swap(name, spec, gate, rollout, keep_previous, trial)
 
     async def _swap(self, name: str, spec: VersionSpec, gate: Gate, rollout: str,

@@ -24,7 +24,7 @@ from agent.models.cache import CachedVersion, ModelCache, parse_digest
 from agent.models.manifest import ModelPlan, parse_manifest
 from agent.models.memory import room_for
 from agent.models.sources import Fetcher, Resolved, UnreachableError
-from agent.models.swap import Gate, Swapper
+from agent.models.swap import CandidateWithdrawnError, Gate, Swapper
 from agent.models.trial import ShadowRefusedError
 from agent.records import VersionRecord
 from agent.service import ModelService
@@ -103,6 +103,11 @@ class Syncer:
         await asyncio.to_thread(self._cache.serve, self._served())
         return report
 
+    @property
+    def swapper(self) -> Swapper:
+        """Whoever replaces a model's version holds its ``swapper.lock(name)`` meanwhile."""
+        return self._swapper
+
     def _served(self, *more: VersionRecord) -> set[str]:
         """The blobs of every version this process holds loaded (active, shadows, ``more``)."""
         records = [*self._service.active(), *(s.record for s in self._service.shadows.values()),
@@ -126,10 +131,16 @@ class Syncer:
             # edge_model_canary says so, or the fleet controller would count a node that
             # refused the canary as one running it.
             self._service.revise(running, rollout="stable")
+        not_retried = (f"not retried: {resolved.version} was rolled back or refused on this "
+                       f"node (until the manifest names another version)")
+
+        async def is_rejected() -> bool:
+            rejected = await asyncio.to_thread(self._cache.rejected)
+            return rejected.get(plan.name) == digest
+
         rejected = await asyncio.to_thread(self._cache.rejected)
         if rejected.get(plan.name) == digest:
-            return (f"not retried: {resolved.version} was rolled back or refused on this node "
-                    f"(until the manifest names another version)")
+            return not_retried
         if plan.name in rejected:
             await asyncio.to_thread(self._cache.forgive, plan.name)
         path = await self._fetcher.fetch(resolved)
@@ -149,7 +160,12 @@ class Syncer:
         try:
             record, previous = await self._swapper.swap(
                 plan.name, spec, gate, cohort, keep_previous=bake,
-                trial=policy if second and policy.shadow.before_swap_s > 0 else None)
+                trial=policy if second and policy.shadow.before_swap_s > 0 else None,
+                # A bake may roll this very version back while it downloads: the rollback
+                # records it under the swap lock, so it is looked up again under that lock.
+                withdrawn=is_rejected)
+        except CandidateWithdrawnError:
+            return not_retried
         except ShadowRefusedError:
             await asyncio.to_thread(self._cache.reject, plan.name, digest)
             log.warning("candidate refused after its shadow run: not retried until the "

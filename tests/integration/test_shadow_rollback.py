@@ -205,6 +205,38 @@ async def test_a_same_weights_version_agrees_before_its_swap_and_in_the_bake(
     assert (await detect(client, frames(WITH_0_AND_3)[0])).status == 200
 
 
+async def test_a_version_rolled_back_while_a_sync_waits_to_swap_it_in_stays_out(
+    settings, client_factory, tmp_path
+):
+    """A bake's rollback publishes the previous version, then records the bad one under the
+    swap lock. A sync that read the running version in between, and found the bad one not yet
+    recorded, must not swap it back in once it gets the lock (it did: a rolled-back version
+    came back a moment after its rollback)."""
+    manifest, cfg = settings
+    share(tmp_path / "v130", defects_onnx(tmp_path / "c.onnx", "1.3.0"), "1.3.0")
+    manifest_for(manifest, (tmp_path / "v130" / "model.json").as_uri())
+    digest = hashlib.sha256((tmp_path / "v130" / "model.onnx").read_bytes()).hexdigest()
+    client = await client_factory(cfg)
+    app = client.server.app
+    syncer, cache = app[keys.SYNCER], app[keys.MODEL_CACHE]
+    lock = syncer.swapper.lock("defects")
+    await lock.acquire()  # what the rollback holds while it records the bad version
+    try:
+        pending = asyncio.create_task(sync(client))
+
+        async def fetched() -> bool:  # so the sync's first look at the rejections is behind it
+            return await asyncio.to_thread(cache.has, digest)
+
+        await wait_for(fetched, "the candidate's download")
+        await asyncio.to_thread(cache.reject, "defects", digest)
+    finally:
+        lock.release()
+    report = await pending
+    assert report.startswith("not retried: 1.3.0"), report
+    assert (await models(client))["defects"]["version"] == BUNDLED
+    assert (await sync(client)).startswith("not retried: 1.3.0")
+
+
 async def test_a_version_that_passes_its_golden_set_but_disagrees_live_is_rolled_back(
     settings, client_factory, tmp_path, caplog
 ):
