@@ -113,10 +113,10 @@ def _openvino_available(precision: str, device: str = "CPU") -> Callable[[Sessio
     def available(config: SessionConfig) -> bool:
         if not config.openvino or first_provider(config) != "cpu":
             return False
-        from inference.openvino_engine import accelerators, available_precisions
+        from inference.openvino_engine import available_precisions, has_device
 
         if device != "CPU":  # an Intel GPU or NPU this node has
-            return any(d.split(".")[0] == device for d in accelerators())
+            return has_device(device)
         return precision in available_precisions()  # bf16 only on a CPU that computes it
 
     return available

@@ -156,6 +156,14 @@ def accelerators() -> list[str]:
     return [d for d in devices if d.split(".")[0] in ACCELERATORS]
 
 
+def has_device(device: str) -> bool:
+    """Whether OpenVINO sees ``device`` here: one it names ("GPU.1"), or a kind ("GPU") of
+    which it sees any."""
+    seen = accelerators()
+    return device in seen or ("." not in device and any(d.split(".")[0] == device
+                                                        for d in seen))
+
+
 def compile_config(device: str, precision: str, threads: int, streams: int,
                    cache_dir: Path | None) -> dict[str, Any]:
     """OpenVINO's compile settings for one session: on the CPU, ``threads`` per run and
@@ -187,11 +195,9 @@ def _check_device(device: str, precision: str) -> None:
                                         f"{[CPU, *ACCELERATORS]}")
     if precision != "fp16":
         raise PrecisionUnavailableError(f"OpenVINO on {device} computes in fp16, not {precision}")
-    seen = accelerators()
-    if device not in seen and not (device == kind and any(d.split(".")[0] == kind
-                                                          for d in seen)):
+    if not has_device(device):
         raise PrecisionUnavailableError(f"this node has no OpenVINO device {device}",
-                                        {"devices": seen})
+                                        {"devices": accelerators()})
 
 
 @dataclass(frozen=True)

@@ -77,8 +77,9 @@ async def _io_pool_ctx(app: web.Application) -> AsyncIterator[None]:
     # The loop's default executor (``asyncio.to_thread``: disk I/O, downloads, golden scoring),
     # started in full. The loop shuts it down when it closes, after every cleanup here has run
     # (a cleanup may still need it).
-    pool = ThreadPoolExecutor(io_threads(), thread_name_prefix="io")
-    prestart(pool, io_threads())
+    threads = io_threads()
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="io")
+    prestart(pool, threads)
     asyncio.get_running_loop().set_default_executor(pool)
     app[keys.IO_POOL] = pool
     yield
