@@ -364,7 +364,11 @@ def _rollouts(fleet: Fleet, host: str, prom: str, manifest: Path, published: dic
               uplink_node: str | None, net: NodeNet | None, limit_s: float,
               results: Path) -> SimResult:
     sources = {v: push(host, folder, v) for v, folder in published.items()}
+    # Ready means its models are loaded and its first sync placed it in a cohort: before that
+    # /v1/models has no ``rollout`` and the timeline would start from an unplaced node.
     wait("every agent ready", 300, lambda: all(_ready(u) for u in fleet.urls.values()))
+    wait("every agent placed in its cohort", 300,
+         lambda: all(_placed(u) for u in fleet.urls.values()))
     t0 = time.monotonic()
     gates = {n: Gate() for n in nodes}
     watcher = Watcher(MODEL, fleet.urls, gates, t0)
@@ -502,6 +506,15 @@ def _ready(url: str, timeout: float = 2) -> bool:
         return True
     except (urllib.error.URLError, OSError):
         return False
+
+
+def _placed(url: str, timeout: float = 5) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/v1/models", timeout=timeout) as resp:
+            models = json.loads(resp.read())["models"]
+    except (OSError, ValueError):
+        return False
+    return any(m["name"] == MODEL and m.get("rollout") for m in models)
 
 
 def _query(prom: str, promql: str) -> list[dict[str, Any]]:
