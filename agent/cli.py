@@ -194,7 +194,7 @@ def serve(settings: Settings) -> int:
         print(f"edge-agent: cannot start: {exc.message}", file=sys.stderr)
         return 2
     for model in settings.models:
-        if not model.path.is_file():
+        if not model.bundled and not model.path.is_file():  # a bundled one has no path
             log.error("model file not found", extra={"model": model.name, "path": str(model.path)})
     log.info(
         "starting",

@@ -36,6 +36,9 @@ async def test_no_configuration_serves_both_bundled_models(default_daemon: Daemo
         assert m["version"] == bundle.version
         assert m["digest"] == f"sha256:{bundle.sha256}"
     assert models["defects"]["classes"] == ["scratch", "dent", "hole", "stain"]
+    # A clean start logs no error (a bundled model has no path to find).
+    errors = [line for line in default_daemon.output.splitlines() if '"level": "error"' in line]
+    assert errors == []
 
 
 async def test_defects_golden_map50_through_http(default_daemon: Daemon):
