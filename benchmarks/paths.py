@@ -98,14 +98,19 @@ def golden_of(model: Path) -> tuple[Path, Thresholds] | None:
 
 
 def timed_blocks(runs: dict[str, Callable[[], object]], rounds: int, block: int = 5,
-                 settle: int = 2) -> dict[str, list[float]]:
+                 settle: int = 2, gap_s: float = 0.2) -> dict[str, list[float]]:
     """``rounds`` timings of each, in blocks of ``settle + block`` back-to-back calls (the first
-    ``settle`` not counted), the blocks' order rotating (as ``benchmarks.single`` does)."""
+    ``settle`` not counted), the blocks' order rotating (as ``benchmarks.single`` does).
+
+    ``gap_s`` of idle before each block: ONNX Runtime's and OpenVINO's worker threads spin for
+    a while after a run, and on 2 cores the previous path's spinning slowed the next block's
+    runs (ORT fp32 measured 22-34 ms interleaved without the gap, 14 ms with it or alone)."""
     names = list(runs)
     out: dict[str, list[float]] = {n: [] for n in names}
     for b in range(-(-rounds // block)):
         shift = b % len(names)
         for name in names[shift:] + names[:shift]:
+            time.sleep(gap_s)
             for i in range(settle + block):
                 t0 = time.perf_counter()
                 runs[name]()
