@@ -172,7 +172,7 @@ def fleet_up(workdir: Path, nodes: list[str], net: NodeNet | None, uplink_node: 
             f"storage: {{filesystem: {{rootdirectory: {workdir / 'registry'}}}}}\n"
             f"http: {{addr: '{host}'}}\n")
         fleet.spawn("registry", [registry, "serve", str(workdir / "registry.yml")])
-        wait_http(f"http://{host}/v2/", 20, "the registry")
+        wait_http(f"http://{host}/v2/", 60, "the registry")
 
         manifest = workdir / "fleet.yaml"
         manifest.write_text(yaml.safe_dump(initial_manifest(f"oci://{host}/models/fusion:1.0.0"),
@@ -222,7 +222,7 @@ def fleet_up(workdir: Path, nodes: list[str], net: NodeNet | None, uplink_node: 
         fleet.spawn("prometheus", [prometheus, f"--config.file={workdir / 'prometheus.yml'}",
                                    f"--storage.tsdb.path={workdir / 'tsdb'}",
                                    f"--web.listen-address={prom.removeprefix('http://')}"])
-        wait_http(prom + "/-/ready", 30, "Prometheus")
+        wait_http(prom + "/-/ready", 120, "Prometheus")
         yield fleet, host, prom, manifest
     finally:
         fleet.stop()

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -295,6 +296,31 @@ def docker_engine(*flags: str, start_timeout: float = 60) -> Iterator[dict[str, 
         stop_process(proc, 30)
         log.close()
         unmount_and_remove(base)
+
+
+def start_prometheus(binary: str, config: Path, tsdb: Path) -> tuple[subprocess.Popen, str]:
+    """A real Prometheus on a free port, returned once ``/-/ready`` answers 200 (its TSDB and
+    rule start take seconds on a busy machine; a query before then fails)."""
+    port = free_port()
+    log = tsdb.with_name(tsdb.name + ".log")  # a file: a pipe nobody reads would fill and block it
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={tsdb}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL, stderr=out)
+    url = f"http://127.0.0.1:{port}"
+    end = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/-/ready", timeout=5).close()
+            return proc, url
+        except OSError:  # not listening yet, or 503 until ready
+            if proc.poll() is not None:
+                raise AssertionError(f"Prometheus exited: {log.read_text()[-2000:]}") from None
+            if time.monotonic() > end:
+                stop_process(proc, 10)
+                raise AssertionError("Prometheus never became ready") from None
+            time.sleep(0.2)
 
 
 def stop_process(proc: subprocess.Popen, timeout: float) -> None:

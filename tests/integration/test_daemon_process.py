@@ -103,7 +103,16 @@ async def test_sigterm_with_requests_in_flight_loses_none(daemon_factory, fall_m
     url = d.url + "/v1/models/fall/detect"
     async with aiohttp.ClientSession() as http:
         tasks = [asyncio.create_task(post_image(http, url, "coffee-600x400.jpg")) for _ in range(6)]
-        await asyncio.sleep(0.15)  # all six are received; the first is running
+        # All six admitted (one runs at a time, the rest wait in the queue) before the signal: a
+        # connection not yet accepted when the listener closes is the balancer's to retry.
+        admitted = 0
+        end = time.monotonic() + 60
+        while admitted < 5:
+            assert time.monotonic() < end, f"only {admitted} of 6 admitted"
+            async with http.get(d.url + "/v1/models") as resp:
+                (model,) = (await resp.json())["models"]
+            admitted = model["queue_depth"] + sum(t.done() for t in tasks)
+            await asyncio.sleep(0.01)
         d.signal(signal.SIGTERM)
         results = await asyncio.gather(*tasks)
     assert [r[0] for r in results] == [200] * 6
@@ -294,10 +303,14 @@ async def test_a_wedged_inference_turns_livez_503_and_shutdown_still_exits(tmp_p
             stuck = asyncio.create_task(
                 post_image(http, d.url + "/v1/models/tiny/detect", "coffee-600x400.jpg")
             )
-            await asyncio.sleep(1.0)
-            async with http.get(d.url + "/livez") as resp:
-                assert resp.status == 503
-                body = await resp.json()
+            end = time.monotonic() + 60
+            while True:  # the run hangs; 0.5 s after it started, liveness says so
+                async with http.get(d.url + "/livez") as resp:
+                    if resp.status == 503:
+                        body = await resp.json()
+                        break
+                assert time.monotonic() < end, "livez never turned 503"
+                await asyncio.sleep(0.1)
             assert "inference running" in body["reasons"][0]
             async with http.get(d.url + "/health") as resp:
                 assert resp.status == 200  # still ready: liveness, not readiness, restarts it

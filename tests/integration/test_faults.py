@@ -21,6 +21,7 @@ import pytest
 from lifecycle_helpers import (
     AUTH,
     FUSION,
+    first_sync_done,
     fusion_model,
     models,
     publish,
@@ -111,9 +112,11 @@ async def test_a_full_disk_while_caching_a_version_keeps_the_old_cache_and_says_
     lifecycle, versions, client_factory, small_disk, tmp_path
 ):
     manifest, make = lifecycle
-    write_manifest(manifest, versions["1.0.1"])
+    write_manifest(manifest, versions["bundled"])
     settings = make(state_dir=small_disk / "state")
     client = await client_factory(settings)
+    await first_sync_done(client)  # else it, not the test's sync, might swap 1.0.1 in
+    write_manifest(manifest, versions["1.0.1"])
     report = await (await client.post("/v1/admin/sync", headers=AUTH)).json()
     assert report["report"]["fusion"].startswith("swapped to 1.0.1"), report
     state_file = settings.state_dir / "models" / "state.json"

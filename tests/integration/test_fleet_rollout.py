@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 import yaml
 from lifecycle_helpers import FUSION, fusion_model, publish
-from support import Daemon, free_port, require, stop_process
+from support import Daemon, require, start_prometheus, stop_process
 
 from agent.models.manifest import in_canary
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 # Two nodes in the 50% cohort of "fusion" and two outside, by the nodes' own hash.
 NAMES = [f"press-{i:02d}" for i in range(20)]
@@ -81,13 +81,9 @@ def prometheus(tmp_path: Path, agents: dict[str, Daemon]) -> Iterator[str]:
         "rule_files": ["rules.yml"],
         "scrape_configs": [{"job_name": "edge-agent", "metrics_path": "/metrics/summary",
                             "static_configs": targets}]}))
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, url = start_prometheus(binary, config, tmp_path / "tsdb")
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield url
     finally:
         stop_process(proc, 10)
 

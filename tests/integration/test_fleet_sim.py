@@ -17,7 +17,7 @@ from support import require
 from benchmarks.fleet_sim import SimResult, run_sim
 from benchmarks.fleet_sim_parts import netns_problem
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 @pytest.fixture(scope="module")

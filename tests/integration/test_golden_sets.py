@@ -189,8 +189,10 @@ async def test_an_https_source_fetches_the_golden_set_beside_the_sidecar(
     app.router.add_get("/fusion/1.0.1/{name}", share)
     server = await aiohttp_server(app)
     manifest, make = lifecycle
-    write_manifest(manifest, str(server.make_url("/fusion/1.0.1/model.json")))
+    write_manifest(manifest, FUSION.folder.joinpath("model.json").as_uri())
     client = await client_factory(make())
+    await first_sync_done(client)  # else it, not the test's sync, might fetch the version
+    write_manifest(manifest, str(server.make_url("/fusion/1.0.1/model.json")))
     report = await sync(client)
     assert report.startswith("swapped to 1.0.1"), report
     assert sorted(set(served)) == ["golden.npz", "model.json", "model.onnx"]

@@ -35,7 +35,7 @@ from lifecycle_helpers import (
 from onnx import numpy_helper
 
 # slow: packing, quantising, several daemons: a minute (once per CI run, not on 3.10)
-pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
 
 def sha256(path: Path) -> str:

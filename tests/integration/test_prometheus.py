@@ -6,16 +6,23 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import subprocess
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import TINY_MODEL, Daemon, free_port, image_bytes, require, stop_process
+from support import (
+    TINY_MODEL,
+    Daemon,
+    image_bytes,
+    require,
+    start_prometheus,
+    stop_process,
+)
 
 
 @pytest.fixture
@@ -41,14 +48,9 @@ def prometheus(tmp_path: Path, daemon: Daemon) -> Iterator[str]:
         "    metrics_path: /metrics/summary\n"
         f"    static_configs: [{{targets: ['127.0.0.1:{daemon.port}']}}]\n"
     )
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
+    proc, url = start_prometheus(binary, config, tmp_path / "tsdb")
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield url
     finally:
         stop_process(proc, 10)
 
