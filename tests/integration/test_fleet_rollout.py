@@ -103,6 +103,17 @@ def query(prom: str, promql: str) -> list[dict]:
         return json.loads(resp.read())["data"]["result"]
 
 
+def recorded_cohorts(prom: str, start: float, end: float) -> set[tuple[str, str, float]]:
+    """Each (rollout, version, count) the recording rule held at any second in the span."""
+    url = f"{prom}/api/v1/query_range?" + urllib.parse.urlencode({
+        "query": 'model_rollout_version:edge_model_info:count{model="fusion"}',
+        "start": start, "end": end, "step": 1})
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        series = json.loads(resp.read())["data"]["result"]
+    return {(s["metric"]["rollout"], s["metric"]["version"], float(v))
+            for s in series for _, v in s["values"]}
+
+
 def serving(agents: dict[str, Daemon]) -> dict[str, str]:
     out = {}
     for node, d in agents.items():
@@ -170,6 +181,7 @@ def test_a_good_version_is_stepped_and_promoted_and_a_broken_one_rolled_back(
         doc = yaml.safe_load(manifest.read_text())
         doc["models"]["fusion"]["canary"] = {"source": v2, "percent": 50}
         write(manifest, doc)
+        started = time.time()
         cohorts: set[tuple[str, str, float]] = set()
 
         def promoted(doc: dict) -> bool:
@@ -181,6 +193,8 @@ def test_a_good_version_is_stepped_and_promoted_and_a_broken_one_rolled_back(
             return doc.get("status", {}).get("fusion", {}).get("phase") == "stable"
 
         lines = drive(prometheus, manifest, promoted)
+        # And every evaluation since, not only those the loop above happened to sample.
+        cohorts |= recorded_cohorts(prometheus, started, time.time())
         actions = [line.split(":")[1].strip() for line in lines]
         assert actions[0] == "step -> 50%", lines
         assert "step -> 100%" in actions, lines

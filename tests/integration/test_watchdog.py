@@ -123,17 +123,24 @@ async def test_ready_status_pings_and_stopping_in_order(tmp_path, notify):
     pings = [t for t in notify.times("WATCHDOG=1") if t > ready_at]
     assert len(pings) >= 5
     gaps = [b - a for a, b in itertools.pairwise(pings)]
-    assert abs(statistics.median(gaps) - PERIOD_S) < 0.1, gaps
-    assert max(gaps) < 2 * PERIOD_S
+    # Every half WATCHDOG_USEC, not every whole one; loose bounds, as a busy machine delays a
+    # tick now and then (the watchdog's own margin is the other half period).
+    assert abs(statistics.median(gaps) - PERIOD_S) < PERIOD_S / 2, gaps
+    assert max(gaps) < 4 * PERIOD_S, gaps
 
 
-# Every session run hangs while the flag file exists (a GPU that wedges, then comes back).
+# Every session run hangs while the flag file exists (a GPU that wedges, then comes back). The
+# first run to hang writes when it did (time.monotonic() is CLOCK_MONOTONIC: one clock for the
+# daemon and the test), so the bounds below start from the wedge itself, not from the flag.
 WEDGE_WHILE_FLAGGED = """
 import os, sys, time
 from inference.yolo import YoloV8Detector
 real_infer = YoloV8Detector.infer
 flag = os.environ["WEDGE_FLAG"]
 def wedged_infer(self, blobs):
+    if os.path.exists(flag) and not os.path.exists(flag + ".entered"):
+        with open(flag + ".entered", "w") as f:
+            f.write(repr(time.monotonic()))
     while os.path.exists(flag):
         time.sleep(0.02)
     return real_infer(self, blobs)
@@ -159,13 +166,21 @@ async def test_a_wedged_inference_stops_the_pings_within_one_period_and_recovery
         async with aiohttp.ClientSession() as http:
             await asyncio.sleep(1.0)
             flag.touch()
-            wedged_at = time.monotonic()
             # No request needed: the self-test (every 0.5 s when idle) runs into the wedge.
-            await asyncio.sleep(2.5)
-            async with http.get(d.url + "/livez") as resp:
-                assert resp.status == 503
-                reasons = " ".join((await resp.json())["reasons"])
+            entered = flag.with_name(flag.name + ".entered")
+            await wait_until(lambda: entered.exists() and entered.read_text(), 60, "the wedge")
+            wedged_at = float(entered.read_text())
+            end = time.monotonic() + 60
+            while True:
+                async with http.get(d.url + "/livez") as resp:
+                    if resp.status == 503:
+                        reasons = " ".join((await resp.json())["reasons"])
+                        break
+                assert time.monotonic() < end, "livez never turned 503"
+                await asyncio.sleep(0.1)
             assert "inference running" in reasons
+            # A few more periods wedged: no ping may come in them.
+            await asyncio.sleep(4 * PERIOD_S)
             flag.unlink()
             recovered_at = time.monotonic()
             async with http.post(
@@ -179,9 +194,9 @@ async def test_a_wedged_inference_stops_the_pings_within_one_period_and_recovery
     finally:
         d.stop()
     pings = notify.times("WATCHDOG=1")
-    # The first self-test into the wedge starts within 0.5 s of it (the self-test interval);
-    # it is "stuck" after max_inference_s (1 s); the pings stop at most one period later.
-    bound = 0.5 + 1.0 + PERIOD_S
+    # The run is "stuck" max_inference_s (1 s) after it began; the pings stop at most one
+    # period later (+ 0.3 s for a ping sent in time but read late by this busy test process).
+    bound = 1.0 + PERIOD_S + 0.3
     before = [t for t in pings if t < wedged_at]
     during = [t for t in pings if wedged_at + bound < t < recovered_at]
     after = [t for t in pings if t > recovered_at]
@@ -189,17 +204,21 @@ async def test_a_wedged_inference_stops_the_pings_within_one_period_and_recovery
     assert during == [], [round(t - wedged_at, 2) for t in during]
     last_ping = max(t for t in pings if t < recovered_at)
     print(f"wedge -> last ping: {last_ping - wedged_at:.2f} s (bound {bound:.2f} s)")
-    assert last_ping - wedged_at <= bound + 0.1
+    assert last_ping - wedged_at <= bound
     assert len(after) >= 2, "pings did not resume after recovery"
 
 
-# GET /v1/models blocks the event loop for 2 s (as a CPU-bound call on the loop would).
+# GET /v1/models blocks the event loop for 2 s (as a CPU-bound call on the loop would), and
+# writes when the block began and ended (CLOCK_MONOTONIC, the test's clock too).
 BLOCKING_LOOP = """
-import sys, time
+import os, sys, time
 from agent.http import handlers
 real = handlers.list_models
 async def blocking(request):
+    began = time.monotonic()
     time.sleep(2.0)
+    with open(os.environ["BLOCK_LOG"], "w") as f:
+        f.write(f"{began!r} {time.monotonic()!r}")
     return await real(request)
 handlers.list_models = blocking
 from agent.cli import main
@@ -210,29 +229,30 @@ sys.exit(main())
 async def test_a_blocked_event_loop_sends_no_ping_and_no_answer_until_it_turns_again(
     tmp_path, notify
 ):
-    d = start(tmp_path, notify, program=("-c", BLOCKING_LOOP))
+    log = tmp_path / "blocked"
+    d = start(tmp_path, notify, {"BLOCK_LOG": str(log)}, program=("-c", BLOCKING_LOOP))
     try:
         await d.wait_ready()
         async with aiohttp.ClientSession() as http:
             await asyncio.sleep(1.0)
             blocker = asyncio.create_task(http.get(d.url + "/v1/models"))
             await asyncio.sleep(0.3)
-            blocked_at = time.monotonic() - 0.3
             # The kubelet's view: /livez does not answer while the loop is blocked.
             with pytest.raises(asyncio.TimeoutError):
                 async with http.get(d.url + "/livez", timeout=aiohttp.ClientTimeout(total=1)):
                     pass
             await blocker
-            unblocked_at = time.monotonic()
             await asyncio.sleep(4 * PERIOD_S)
     finally:
         d.stop()
+    began, ended = map(float, log.read_text().split())
     pings = notify.times("WATCHDOG=1")
-    during = [t for t in pings if blocked_at + 0.1 < t < blocked_at + 1.9]
+    # +0.3 s: a ping sent just before the block but read late by this busy test process.
+    during = [round(t - began, 2) for t in pings if began + 0.3 < t < ended]
     assert during == []
-    last_before = max(t for t in pings if t <= blocked_at + 0.1)
-    assert blocked_at - last_before <= PERIOD_S + 0.1
-    assert [t for t in pings if t > unblocked_at], "pings did not resume"
+    last_before = max(t for t in pings if t <= began + 0.3)
+    assert began - last_before <= 2 * PERIOD_S  # it was pinging until the block
+    assert [t for t in pings if t > ended], "pings did not resume"
 
 
 async def test_the_daemon_feeds_a_watchdog_device_and_disarms_it_only_on_a_clean_exit(

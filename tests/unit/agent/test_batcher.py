@@ -252,7 +252,7 @@ async def test_a_burst_that_drains_within_the_interval_is_not_overload():
     await off.close(1)
 
 
-async def test_while_overloaded_a_request_is_admitted_only_when_due_to_start():
+async def test_while_overloaded_a_request_is_admitted_only_when_due_to_start(monkeypatch):
     # The moving averages set by hand: a frame runs 50 ms, pre-processing takes 10 ms, so the
     # admission window is 10 + 50 / 4 = 22.5 ms.
     b = make(Model(), max_batch=1, max_queue=16)
@@ -260,15 +260,18 @@ async def test_while_overloaded_a_request_is_admitted_only_when_due_to_start():
     b.admission.item_s, b.admission.pre_s, b.admission.run_s = 0.05, 0.01, 0.05
     inst = b._instances[0]
     inst.running_items = 1
-    inst.running_since = time.monotonic() - 0.01  # 40 ms still to run: too early
-    with pytest.raises(QueueFullError) as refused:
-        b.reserve()
-    assert refused.value.detail["overloaded"] is True
-    assert 35 < refused.value.detail["expected_start_ms"] <= 40
-    inst.running_since = time.monotonic() - 0.04  # 10 ms to run: in time, admitted
-    slot = b.reserve()
-    # One admitted and not yet running: the next would start a whole frame later.
-    assert b.expected_start_s(time.monotonic()) > b.admission.window_s()
+    now = time.monotonic()
+    with monkeypatch.context() as clock:  # stopped: no await below, and exact figures
+        clock.setattr(time, "monotonic", lambda: now)
+        inst.running_since = now - 0.01  # 40 ms still to run: too early
+        with pytest.raises(QueueFullError) as refused:
+            b.reserve()
+        assert refused.value.detail["overloaded"] is True
+        assert refused.value.detail["expected_start_ms"] == pytest.approx(40)
+        inst.running_since = now - 0.04  # 10 ms to run: in time, admitted
+        slot = b.reserve()
+        # One admitted and not yet running: the next would start a whole frame later.
+        assert b.expected_start_s(now) > b.admission.window_s()
     inst.running_since = None
     slot.release()
     await b.close(1)
