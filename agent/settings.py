@@ -147,9 +147,11 @@ class RuntimeSettings:
     # Accelerators are always "fixed".
     thread_layout: str = "adaptive"
     preprocess_threads: int = 0  # 0: the cores this process may use
-    # Spin while a run is in progress (spinning always stops when the run returns): single-
-    # stream p50 -8.6% on 2 vCPUs, same saturation (benchmarks/results/*-compare-spin.md).
-    allow_spinning: bool = True
+    # Off: an edge node runs other work, and while another job held one of 2 cores, spinning
+    # made a single stream's p50 1.7x slower (212 against 126 ms); on an otherwise idle node
+    # it is 9% faster (benchmarks/results/2026-12-02-vm-compare-nospin-*.md). On spinning
+    # stops when each run returns.
+    allow_spinning: bool = False
     # Nice added to the compute threads (decode, inference, ONNX Runtime's pools) so the event
     # loop gets a core at once: shedding, /health and the watchdog stay prompt under overload.
     worker_nice: int = 5

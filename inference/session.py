@@ -35,9 +35,10 @@ class SessionConfig:
     providers: tuple[str, ...] = DEFAULT_PROVIDERS
     intra_op_threads: int = 0
     inter_op_threads: int = 1
-    # Spin-wait between the parallel sections of a run; spinning stops when the run returns
+    # Spin-wait between the parallel sections of a run: faster on an idle machine, much slower
+    # where another job holds a core. When on, spinning stops when the run returns
     # (force_spinning_stop), so idle threads never burn a core between frames.
-    allow_spinning: bool = True
+    allow_spinning: bool = False
     cache_dir: Path | None = None
     device_id: int = 0
     trt_fp16: bool = True

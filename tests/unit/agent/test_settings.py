@@ -18,7 +18,7 @@ def test_defaults_work_with_nothing():
     ]
     assert s.models[0].names == []  # no override: the version's own labels apply
     assert s.runtime.providers == ["tensorrt", "cuda", "cpu"]
-    assert s.runtime.allow_spinning is True
+    assert s.runtime.allow_spinning is False  # an edge node runs other work
     assert s.state_dir == default_state_dir()
 
 

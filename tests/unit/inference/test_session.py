@@ -50,7 +50,7 @@ def test_cuda_arena_grows_only_as_requested():
 
 
 def test_cpu_session_reports_provider_threads_and_spinning_policy():
-    loaded = create_session(TINY_MODEL, SessionConfig(intra_op_threads=1, allow_spinning=False))
+    loaded = create_session(TINY_MODEL, SessionConfig(intra_op_threads=1))  # off by default
     assert loaded.provider == "cpu"
     assert loaded.intra_op_threads == 1
     assert loaded.digest == file_digest(TINY_MODEL)
@@ -60,7 +60,7 @@ def test_cpu_session_reports_provider_threads_and_spinning_policy():
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert opts.get_session_config_entry("session.inter_op.allow_spinning") == "0"
     assert opts.get_session_config_entry("session.force_spinning_stop") == "1"
-    spinning = create_session(TINY_MODEL, SessionConfig(intra_op_threads=1))
+    spinning = create_session(TINY_MODEL, SessionConfig(intra_op_threads=1, allow_spinning=True))
     spin_opts = spinning.session.get_session_options()
     assert spin_opts.get_session_config_entry("session.intra_op.allow_spinning") == "1"
     # Spinning is for the run in progress only: it stops when the run returns.
