@@ -1,4 +1,4 @@
-"""``edge-agent fleet status|step|run``: read the manifest and the fleet's metrics, decide per
+"""``edge-agent fleet status|step|run|alive``: read the manifest and the fleet's metrics, decide per
 model, write the next manifest (only when something changed: a second pass on the same data
 writes nothing). Restart-safe: everything it needs between passes is in the manifest's
 ``status``.
@@ -15,8 +15,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
+from agent.fleet import heartbeat
 from agent.fleet.manifest_doc import FleetManifest, iso
 from agent.fleet.manifest_store import ConflictError, ManifestStore, open_store
 from agent.fleet.policy import Decision, ModelEntry, NodeObs, Status, decide, figures, split
@@ -185,9 +187,23 @@ def add_fleet_commands(sub: Any) -> None:
         if name == "run":
             p.add_argument("--interval", type=float, default=60.0, metavar="S",
                            help="seconds between passes (default 60)")
+            p.add_argument("--heartbeat", type=Path, metavar="PATH",
+                           help="touch PATH after every pass (for `fleet alive`)")
+    alive = fleet.add_parser(
+        "alive", help="exit 0 if `fleet run --heartbeat` finished a pass recently (a liveness "
+        "probe)", description="Exit 0 if the heartbeat file was touched within --max-age "
+        "seconds, else 1 with the reason.")
+    alive.add_argument("--heartbeat", type=Path, required=True, metavar="PATH")
+    alive.add_argument("--max-age", type=float, required=True, metavar="S",
+                       help="seconds; allow a few intervals plus a slow pass")
 
 
 def fleet_main(args: argparse.Namespace) -> int:
+    if args.fleet_command == "alive":
+        ok, why = heartbeat.check(args.heartbeat, args.max_age)
+        print(f"edge-agent fleet: {'alive' if ok else 'not alive'}: {why}",
+              file=sys.stdout if ok else sys.stderr)
+        return 0 if ok else 1
     try:
         controller = Controller(open_store(args.manifest),
                                 Prometheus(args.prometheus, args.selector, args.node_label),
@@ -202,7 +218,7 @@ def fleet_main(args: argparse.Namespace) -> int:
     except EdgeError as exc:
         print(f"edge-agent: {exc.message}", file=sys.stderr)
         return 1
-    return run_loop(controller, args.interval, args.dry_run, args.model)
+    return run_loop(controller, args.interval, args.dry_run, args.model, args.heartbeat)
 
 
 def _print(outcomes: list[Outcome]) -> None:
@@ -213,7 +229,7 @@ def _print(outcomes: list[Outcome]) -> None:
 
 
 def run_loop(controller: Controller, interval_s: float, dry_run: bool,
-             models: list[str]) -> int:
+             models: list[str], heartbeat_path: Path | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -223,5 +239,11 @@ def run_loop(controller: Controller, interval_s: float, dry_run: bool,
             _print(controller.step(dry_run, models))
         except EdgeError as exc:  # Prometheus or the store away: try again next pass
             print(f"edge-agent: {exc.message}", file=sys.stderr, flush=True)
+        if heartbeat_path is not None:
+            try:
+                heartbeat.beat(heartbeat_path)
+            except OSError as exc:  # a probe that then fails says so; the loop goes on
+                print(f"edge-agent: cannot touch the heartbeat {heartbeat_path}: {exc}",
+                      file=sys.stderr, flush=True)
         stop.wait(max(interval_s - (time.monotonic() - started), 0.0))
     return 0

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -306,6 +307,15 @@ def test_the_fleet_image_steps_a_rollout_as_deployed(
         assert "fusion: step -> 5%" in done.stdout
         assert [r[0] for r in kube.requests] == ["GET", "PATCH"]
         assert yaml.safe_load(kube.data["fleet.yaml"])["status"]["fusion"]["percent"] == 5
+    # The liveness probe's command runs in the image too (here before any pass: it fails, and
+    # says why).
+    probe = subprocess.run(
+        ["docker", "run", "--rm", "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL",
+         "--entrypoint", "/opt/edge-agent/bin/edge-agent", fleet_controller_image,
+         "fleet", "alive", "--heartbeat", "/tmp/heartbeat", "--max-age", "600"],
+        env={**os.environ, **docker}, capture_output=True, text=True, timeout=300)
+    assert probe.returncode == 1, probe.stdout + probe.stderr
+    assert "no pass has finished" in probe.stderr
 
 
 def test_the_url_store_puts_with_if_match_and_loses_a_race_cleanly():
@@ -356,12 +366,23 @@ def test_the_command_line_says_what_is_wrong(tmp_path, empty_prometheus):
     assert "Traceback" not in done.stderr
 
 
-def test_fleet_run_steps_until_stopped(tmp_path, empty_prometheus):
+def alive(beat: Path, max_age: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", "fleet", "alive", "--heartbeat",
+                           str(beat), "--max-age", str(max_age)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_fleet_run_steps_until_stopped_and_its_heartbeat_says_it_is_alive(
+        tmp_path, empty_prometheus):
     manifest = tmp_path / "fleet.yaml"
     manifest.write_text(MANIFEST)
+    beat = tmp_path / "heartbeat"
+    before = alive(beat, 600)  # no pass yet: the liveness probe fails, and says why
+    assert before.returncode == 1
+    assert "no pass has finished" in before.stderr, before.stderr
     proc = subprocess.Popen(
         [sys.executable, "-u", "-m", "agent", "fleet", "run", "--prometheus", empty_prometheus,
-         "--manifest", str(manifest), "--interval", "0.5"],
+         "--manifest", str(manifest), "--interval", "0.5", "--heartbeat", str(beat)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     try:
@@ -370,6 +391,9 @@ def test_fleet_run_steps_until_stopped(tmp_path, empty_prometheus):
             line = proc.stdout.readline()
             assert line, f"fleet run ended after {lines}"
             lines.append(line.rstrip("\n"))
+        now = alive(beat, 600)
+        assert now.returncode == 0, now.stderr
+        assert "alive: the last pass finished" in now.stdout
         proc.terminate()
         out, err = proc.communicate(timeout=30)
     finally:
@@ -382,3 +406,10 @@ def test_fleet_run_steps_until_stopped(tmp_path, empty_prometheus):
     assert len(lines) >= 3, lines
     assert all(line.startswith("fusion: hold: baking at 5%") for line in lines[1:]), lines
     assert yaml.safe_load(manifest.read_text())["status"]["fusion"]["percent"] == 5
+    # Stopped, its heartbeat grows old: past --max-age the probe fails (and the kubelet would
+    # restart the pod).
+    old = time.time() - 700
+    os.utime(beat, (old, old))
+    stale = alive(beat, 600)
+    assert stale.returncode == 1
+    assert "more than 600 s" in stale.stderr, stale.stderr

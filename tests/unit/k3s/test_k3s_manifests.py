@@ -138,3 +138,13 @@ def test_the_fleet_controller_runs_the_cli_on_the_nodes_manifest_off_the_edge():
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     # The image: the CPU image built with the fleet extra (the Kubernetes client).
     assert container["image"].endswith("-fleet")
+    # Liveness: the probe asks the same CLI about the heartbeat the loop touches, on a
+    # writable mount, allowing several intervals.
+    probe = container["livenessProbe"]["exec"]["command"]
+    assert probe[0] == container["command"][0]
+    alive = build_parser().parse_args(probe[1:])
+    assert (alive.command, alive.fleet_command) == ("fleet", "alive")
+    assert args.heartbeat == alive.heartbeat
+    assert any(alive.heartbeat.is_relative_to(m["mountPath"])
+               for m in container["volumeMounts"])
+    assert alive.max_age >= 3 * args.interval
