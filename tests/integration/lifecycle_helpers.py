@@ -139,11 +139,12 @@ async def first_sync_done(client: Any) -> None:
     machine that sync could start late enough to read the test's manifest and act on it
     before the test's own sync does."""
     syncer = client.app[keys.SYNCER]
-    for _ in range(6000):
-        if syncer.status.connected is not None:
-            return
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 120
+    while syncer.status.connected is None:
+        if loop.time() > end:
+            raise AssertionError("the first model sync did not finish")
         await asyncio.sleep(0.01)
-    raise AssertionError("the first model sync did not finish")
 
 
 def assert_follows_the_rule(choice: dict, max_drop: float) -> None:

@@ -81,6 +81,7 @@ async def test_a_wrong_digest_and_a_model_that_fails_validation_are_refused(
     write_manifest(manifest, versions["bundled"])
     settings = make()
     client = await client_factory(settings)
+    await first_sync_done(client)  # else it might read a bad version first and refuse it
     for bad, why in (("wrong-digest", "expected"), ("broken", "failed validation")):
         write_manifest(manifest, versions[bad])
         report = await (await client.post("/v1/admin/sync", headers=AUTH)).json()
@@ -103,6 +104,7 @@ async def test_max_drop_refuses_a_version_that_passes_min_score_but_falls_behind
     manifest, make = lifecycle
     write_manifest(manifest, versions["bundled"])
     client = await client_factory(make())
+    await first_sync_done(client)  # else it might read one of the manifests below first
     write_manifest(manifest, versions["worse"], min_score=0.9, max_drop=0.02)
     report = await (await client.post("/v1/admin/sync", headers=AUTH)).json()
     refusal = report["report"]["fusion"]
@@ -194,6 +196,7 @@ async def test_canary_cohort_follows_the_hash_rule(lifecycle, versions, client_f
     manifest, make = lifecycle
     write_manifest(manifest, versions["bundled"], canary=versions["1.0.1"], percent=100)
     client = await client_factory(make())
+    await first_sync_done(client)  # it takes the canary; the test's sync finds it running
     report = await (await client.post("/v1/admin/sync", headers=AUTH)).json()
     assert "canary" in report["report"]["fusion"]
     fusion = (await models(client))["fusion"]
@@ -214,6 +217,7 @@ async def test_a_node_that_refuses_the_next_canary_no_longer_reports_canary(
     manifest, make = lifecycle
     write_manifest(manifest, versions["bundled"], canary=versions["1.0.1"], percent=100)
     client = await client_factory(make())
+    await first_sync_done(client)  # else it might read the broken canary first
     await client.post("/v1/admin/sync", headers=AUTH)
     assert (await models(client))["fusion"]["rollout"] == "canary"
     write_manifest(manifest, versions["1.0.1"], canary=versions["broken"], percent=100)
