@@ -149,8 +149,8 @@ class RuntimeSettings:
     preprocess_threads: int = 0  # 0: the cores this process may use
     # Off: an edge node runs other work, and while another job held one of 2 cores, spinning
     # made a single stream's p50 1.7x slower (212 against 126 ms); on an otherwise idle node
-    # it is 9% faster (benchmarks/results/2026-12-02-vm-compare-nospin-*.md). On spinning
-    # stops when each run returns.
+    # it is 9% faster (benchmarks/results/2026-12-02-vm-compare-nospin-*.md). When on,
+    # spinning stops as each run returns.
     allow_spinning: bool = False
     # Nice added to the compute threads (decode, inference, ONNX Runtime's pools) so the event
     # loop gets a core at once: shedding, /health and the watchdog stay prompt under overload.

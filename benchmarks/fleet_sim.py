@@ -508,10 +508,9 @@ def _ready(url: str, timeout: float = 2) -> bool:
         return False
 
 
-def _placed(url: str, timeout: float = 5) -> bool:
+def _placed(url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/v1/models", timeout=timeout) as resp:
-            models = json.loads(resp.read())["models"]
+        models = get_json(f"{url}/v1/models")["models"]
     except (OSError, ValueError):
         return False
     return any(m["name"] == MODEL and m.get("rollout") for m in models)
